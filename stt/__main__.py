@@ -1,0 +1,3 @@
+from stt.cli import main
+
+raise SystemExit(main())

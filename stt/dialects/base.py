@@ -1,0 +1,66 @@
+"""What every dialect shares: the handshake as data, and the answer to it. Dialects are sans-IO."""
+
+from __future__ import annotations
+
+from typing import Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+import attrs
+
+from stt.events import Violation
+from stt.statechart import Chart, ChartMachine, Refused
+
+
+@attrs.frozen
+class Handshake:
+    """The WebSocket upgrade request: path without query, query parameters (last value wins), headers with
+    lower-case names."""
+
+    path: str
+    query: dict[str, str] = attrs.field(factory=dict)
+    headers: dict[str, str] = attrs.field(factory=dict)
+
+    @classmethod
+    def from_target(cls, target: str, headers: list[tuple[bytes | str, bytes | str]] = ()) -> Handshake:
+        parts = urlsplit(target)
+
+        def text(v: bytes | str) -> str:
+            return v.decode("latin-1") if isinstance(v, bytes) else v
+
+        return cls(
+            path=parts.path or "/",
+            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            headers={text(k).lower(): text(v) for k, v in headers},
+        )
+
+    def bearer_token(self) -> str | None:
+        auth = self.headers.get("authorization", "")
+        scheme, _, token = auth.partition(" ")
+        return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+class Dialect(Protocol):
+    """A vendor's protocol, frames in and frames out, checked by its chart."""
+
+    name: str
+    chart: Chart
+    machine: ChartMachine
+
+    def credential(self) -> str | None:
+        """The API key the client presented, if any."""
+
+    def receive(self, frame: str | bytes) -> list:
+        """A client frame -> events (stt.events), a Violation for a frame that breaks a rule."""
+
+    def render(self, item) -> list[str | bytes]:
+        """A session or recognition event -> frames for the client."""
+
+    def render_violation(self, violation: Violation) -> list[str | bytes]:
+        """The vendor's error or warning frame for a broken rule (empty if the vendor sends none)."""
+
+
+def refused(outcome) -> list[Violation] | None:
+    """[Violation] when the chart refused the event, else None."""
+    if isinstance(outcome, Refused):
+        return [Violation(outcome.rule, f"{outcome.event} in state {outcome.state}")]
+    return None

@@ -1,0 +1,37 @@
+"""Engines by name. `open_engine` loads one for the server's lifetime.
+
+- `sphinx` (default): pocketsphinx with the en-us model its package ships; decodes in worker processes,
+  since pocketsphinx holds the GIL while it decodes.
+- `scripted`: deterministic, for protocol tests and benchmarks; runs on the event loop.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from contextlib import asynccontextmanager
+from typing import Any, AsyncIterator
+
+from stt.engines.base import Engine, StreamSettings
+from stt.engines.inline_host import InlineEngine
+from stt.engines.scripted import ScriptedRecognizer
+
+ENGINE_NAMES = ("sphinx", "scripted")
+
+
+@asynccontextmanager
+async def open_engine(name: str, *, workers: int | None = None, **options: Any) -> AsyncIterator[Engine]:
+    if name == "scripted":
+        yield InlineEngine("scripted", ScriptedRecognizer.sample_rate, functools.partial(ScriptedRecognizer, **options))
+    elif name == "sphinx":
+        from stt.engines.process_host import open_process_engine
+
+        async with open_process_engine(
+            "stt.engines.sphinx:SphinxRecognizer", name="sphinx", sample_rate=16000, workers=workers or os.cpu_count() or 1
+        ) as engine:
+            yield engine
+    else:
+        raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINE_NAMES)})")
+
+
+__all__ = ["ENGINE_NAMES", "Engine", "StreamSettings", "open_engine"]

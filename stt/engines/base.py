@@ -1,0 +1,65 @@
+"""The engine interface: what a recognizer does, knowing nothing of dialects.
+
+A Recognizer is one stream of one utterance sequence: blocking, single-threaded, fed mono int16 samples at
+the engine's `sample_rate`, in order and in bounded chunks. It answers with recognition results
+(stt.events.Partial / Final). Hosts (stt.engines.host) run recognizers off the event loop.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import attrs
+import numpy as np
+
+from stt.events import Final, Partial
+
+
+@attrs.frozen
+class StreamSettings:
+    """What a recognizer needs to know about its stream; nothing vendor-specific."""
+
+    language: str = "en"
+    partials: bool = False
+    max_delay: float = 4.0  # a final covers audio at most this many seconds old
+
+
+class Recognizer(Protocol):
+    sample_rate: int
+
+    def feed(self, samples: np.ndarray) -> list[Partial | Final]:
+        """Decode more audio; return new partials and finals (finals at an endpoint or at max_delay)."""
+
+    def flush(self) -> list[Partial | Final]:
+        """Finalise the current utterance now; its Final has forced=True."""
+
+    def finish(self) -> list[Partial | Final]:
+        """No more audio: return the remaining finals."""
+
+    def configure(self, partials: bool | None = None, max_delay: float | None = None) -> None:
+        """Change settings mid-stream; None leaves a setting as it is."""
+
+    def close(self) -> None:
+        """Release the recognizer's resources."""
+
+
+class EngineStream(Protocol):
+    """The async face of one Recognizer, as the session sees it (stt.engines.host runs the blocking work)."""
+
+    async def feed(self, samples: np.ndarray) -> list[Partial | Final]: ...
+
+    async def flush(self) -> list[Partial | Final]: ...
+
+    async def finish(self) -> list[Partial | Final]: ...
+
+    async def configure(self, partials: bool | None = None, max_delay: float | None = None) -> None: ...
+
+
+class Engine(Protocol):
+    """A loaded engine: opens streams. `open_stream` is an async context manager that closes the stream."""
+
+    name: str
+    sample_rate: int
+
+    def open_stream(self, settings: StreamSettings):  # -> AsyncContextManager[EngineStream]
+        ...

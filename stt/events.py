@@ -1,0 +1,134 @@
+"""The common vocabulary shared by dialects, session and engines.
+
+Client side (a dialect turns frames into these): Configure, Reconfigure, Audio, EndOfAudio, Flush, Close,
+and Violation when a frame breaks a rule of the dialect's chart.
+Recognition side (an engine produces these, a dialect renders them): Partial, Final, EndOfTranscript.
+Session side (the session tells the dialect what it did): AudioAccepted, SessionStarted.
+
+Times are audio time in seconds since the start of the stream, never wall time.
+"""
+
+from __future__ import annotations
+
+import attrs
+
+from stt.statechart import Rule
+
+# --- audio description ------------------------------------------------------------------------------------
+
+ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw")
+
+
+@attrs.frozen
+class AudioFormat:
+    """How the client's audio bytes are laid out."""
+
+    encoding: str  # one of ENCODINGS
+    sample_rate: int
+    channels: int = 1
+
+
+# --- from the client ---------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Configure:
+    """The client's recognition settings, validated by the dialect; opens the recognizer."""
+
+    audio: AudioFormat
+    language: str = "en"
+    partials: bool = False
+    max_delay: float = 4.0
+
+
+@attrs.frozen
+class Reconfigure:
+    """A mid-session change; None means unchanged."""
+
+    partials: bool | None = None
+    max_delay: float | None = None
+
+
+@attrs.frozen
+class Audio:
+    data: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
+
+
+@attrs.frozen
+class EndOfAudio:
+    """No more audio will come: finish, send the remaining finals, then EndOfTranscript."""
+
+
+@attrs.frozen
+class Flush:
+    """Finish the current utterance now (the client forced an end of utterance)."""
+
+
+@attrs.frozen
+class Close:
+    """The client asked to end the session."""
+
+
+@attrs.frozen
+class Violation:
+    """A frame broke a rule. Fatal rules end the session with the rule's error and close code;
+    warnings are reported and the frame is ignored."""
+
+    rule: Rule
+    detail: str = ""
+
+
+# --- from the recognizer -----------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Word:
+    text: str
+    start: float
+    end: float
+    confidence: float = 1.0
+
+
+@attrs.frozen
+class Partial:
+    """The not-yet-final words of the current utterance; a later Partial or Final replaces it."""
+
+    words: tuple[Word, ...]
+    start: float
+    end: float
+
+
+@attrs.frozen
+class Final:
+    """Words that will not change. `forced` is true when a Flush caused it."""
+
+    words: tuple[Word, ...]
+    start: float
+    end: float
+    forced: bool = False
+
+
+@attrs.frozen
+class EndOfTranscript:
+    """Every final has been sent."""
+
+
+# --- from the session --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class SessionStarted:
+    """The recognizer is open; the dialect announces the session."""
+
+    session_id: str
+    config: Configure
+
+
+@attrs.frozen
+class AudioAccepted:
+    """One audio frame was taken into the bounded decode queue."""
+
+    seq_no: int
+
+
+Result = Partial | Final | EndOfTranscript

@@ -1,0 +1,282 @@
+"""One connection: a nursery owning a reader, a decoder and a writer, joined by bounded memory channels.
+
+    reader  : ws -> dialect.receive -> events   (audio goes to the decoder; acks and warnings to the writer)
+    decoder : audio -> stt.audio -> engine stream -> results
+    writer  : results -> dialect.render -> ws
+
+A client that sends faster than the engine decodes fills the audio channel, the reader stops reading, and
+TCP pushes back: nothing is buffered without bound. A client that does not read fills the result channel
+the same way. Every way a session ends is one call to `_end`, with an ending name (stt.statechart.ENDINGS)
+or a broken rule; `_close` then maps it, in this one place, to the dialect's error frame and close code.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+import attrs
+import trio
+from trio_websocket import ConnectionClosed, WebSocketConnection
+
+from stt.audio import UnsupportedAudio, open_decoder
+from stt.dialects.base import Dialect
+from stt.engines.base import Engine, StreamSettings
+from stt.events import (
+    Audio,
+    AudioAccepted,
+    Close,
+    Configure,
+    EndOfAudio,
+    EndOfTranscript,
+    Flush,
+    Reconfigure,
+    SessionStarted,
+    Violation,
+)
+from stt.statechart import ChartMachine, Rule
+
+log = logging.getLogger("stt.session")
+
+#: Codes that mean the peer is gone: nothing more can be sent.
+_GONE = {1005, 1006}
+
+
+@attrs.frozen
+class SessionLimits:
+    max_message_bytes: int = 1 << 20  # enforced by the transport: larger messages close with 1009
+    idle_timeout: float = 180.0  # seconds without a message from the client
+    close_grace: float = 5.0  # after the end of the exchange, seconds to wait for the client to close
+    send_timeout: float = 10.0  # seconds one frame may take to send before the peer counts as gone
+    audio_queue: int = 8  # audio frames between reader and decoder
+    result_queue: int = 64  # frames between decoder/reader and writer
+    max_batch_bytes: int = 64 * 1024  # audio the decoder coalesces into one engine call
+
+
+@attrs.frozen
+class Ending:
+    name: str  # an ENDINGS name, or "violation"
+    rule: Rule
+    detail: str = ""
+
+
+class Session:
+    def __init__(
+        self,
+        ws: WebSocketConnection,
+        dialect: Dialect,
+        engine: Engine,
+        lifecycle: ChartMachine,
+        *,
+        limits: SessionLimits = SessionLimits(),
+        authorised: bool = True,
+    ):
+        self.id = str(uuid.uuid4())
+        self.ws = ws
+        self.dialect = dialect
+        self.engine = engine
+        self.lifecycle = lifecycle
+        self.limits = limits
+        self.authorised = authorised
+        self.ending: Ending | None = None
+        self.frames_in = 0
+        self.audio_frames = 0
+        self._finished = False  # the dialect's end-of-stream exchange is complete
+        self._ready = trio.Event()
+        self._cancel: trio.CancelScope | None = None
+        self._audio_send, self._audio_recv = trio.open_memory_channel(limits.audio_queue)
+        self._out_send, self._out_recv = trio.open_memory_channel(limits.result_queue)
+
+    # --- running ------------------------------------------------------------------------------------------
+
+    async def run(self) -> Ending:
+        log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect_path())
+        if not self.authorised:
+            self._end("unauthorised", "missing or invalid API key")
+        else:
+            try:
+                async with trio.open_nursery() as nursery:
+                    self._cancel = nursery.cancel_scope
+                    nursery.start_soon(self._reader)
+                    nursery.start_soon(self._decoder)
+                    nursery.start_soon(self._writer)
+            except Exception as exc:  # a bug in the server: end this session, keep serving the others
+                log.exception("session %s failed", self.id)
+                self._end("internal_error", f"{type(exc).__name__}")
+        await self._close()
+        return self.ending
+
+    def dialect_path(self) -> str:
+        return getattr(getattr(self.dialect, "handshake", None), "path", "")
+
+    def _end(self, ending: str | Rule, detail: str = "") -> None:
+        """Decide how the session ends (the first decision wins) and stop its tasks."""
+        if self.ending is None:
+            if isinstance(ending, Rule):
+                self.ending = Ending("violation", ending, detail)
+            else:
+                self.ending = Ending(ending, self.dialect.chart.ending(ending), detail)
+        if self._cancel is not None:
+            self._cancel.cancel()
+
+    async def _close(self) -> None:
+        """The one place that turns an ending into the dialect's error frame and close code."""
+        ending = self.ending
+        assert ending is not None
+        rule = ending.rule
+        code = self.ws.closed.code if self.ws.closed else None
+        if code is None and ending.name not in ("dropped", "client_closed"):
+            code = rule.close
+            with trio.move_on_after(self.limits.send_timeout):
+                try:
+                    for frame in self.dialect.render_violation(Violation(rule, ending.detail)):
+                        await self.ws.send_message(frame)
+                except ConnectionClosed:
+                    pass
+            with trio.move_on_after(self.limits.send_timeout):  # cancelled, aclose still closes the stream
+                await self.ws.aclose(rule.close, (rule.error or rule.message)[:120])
+        else:
+            with trio.move_on_after(self.limits.send_timeout):
+                await self.ws.aclose()
+        self.lifecycle.advance("end")
+        self.dialect.machine.advance("close")
+        log.log(
+            logging.INFO if ending.name in ("normal", "client_closed") else logging.WARNING,
+            "session %s closed %s: %s %s%s (frames in %d, audio frames %d)",
+            self.id, 1006 if code is None else code, ending.name, rule.id, f": {ending.detail}" if ending.detail else "",
+            self.frames_in, self.audio_frames,
+        )
+
+    # --- reader -------------------------------------------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                with trio.move_on_after(self.limits.idle_timeout) as idle:
+                    frame = await self.ws.get_message()
+                if idle.cancelled_caught:
+                    self._end("idle_timeout", f"{self.limits.idle_timeout:g} s without a message")
+                    return
+                self.frames_in += 1
+                for event in self.dialect.receive(frame):
+                    await self._handle(event)
+        except ConnectionClosed as exc:
+            code = exc.reason.code if exc.reason else 1006
+            if code == 1009 and self.ws.closed is not None and "maximum message size" in (exc.reason.reason or ""):
+                self._end("message_too_large", exc.reason.reason)
+            elif self._finished:
+                self._end("normal")
+            elif code in _GONE:
+                self._end("dropped", f"close code {code}")
+            else:
+                self._end("client_closed", f"close code {code}")
+
+    async def _handle(self, event: object) -> None:
+        if isinstance(event, Violation):
+            if event.rule.fatal:
+                self._end(event.rule, event.detail)
+                await trio.lowlevel.checkpoint()  # we are cancelled here
+            else:
+                log.info("session %s: %s %s", self.id, event.rule.id, event.detail)
+                await self._out_send.send(event)
+        elif isinstance(event, Audio):
+            await self._audio_send.send(event)
+            self.audio_frames += 1
+            await self._out_send.send(AudioAccepted(self.audio_frames))
+        elif isinstance(event, Configure):
+            await self._audio_send.send(event)
+            await self._ready.wait()  # read nothing more until the session has started
+        elif isinstance(event, (Reconfigure, Flush, EndOfAudio)):
+            await self._audio_send.send(event)
+        elif isinstance(event, Close):
+            self._end("normal")
+            await trio.lowlevel.checkpoint()
+        else:
+            raise TypeError(f"unexpected event {event!r}")
+
+    # --- decoder ------------------------------------------------------------------------------------------
+
+    async def _decoder(self) -> None:
+        config = await self._audio_recv.receive()
+        assert isinstance(config, Configure)
+        try:
+            decoder = open_decoder(config.audio, self.engine.sample_rate)
+        except UnsupportedAudio as exc:  # dialects validate formats; this is a server bug if it happens
+            self._end("internal_error", str(exc))
+            return
+        settings = StreamSettings(config.language, config.partials, config.max_delay)
+        try:
+            async with self.engine.open_stream(settings) as stream:
+                self.lifecycle.advance("ready")
+                await self._out_send.send(SessionStarted(self.id, config))
+                self._ready.set()
+                await self._decode(stream, decoder)
+        except Exception as exc:
+            log.exception("session %s: recognizer failed", self.id)
+            self._end("internal_error", f"recognizer failed: {type(exc).__name__}")
+
+    async def _decode(self, stream, decoder) -> None:
+        pending = None
+        while True:
+            item = pending if pending is not None else await self._audio_recv.receive()
+            pending = None
+            if isinstance(item, Audio):
+                # Take every audio frame already queued, so a busy engine gets fewer, larger calls.
+                chunks, size = [item.data], len(item.data)
+                while size < self.limits.max_batch_bytes:
+                    try:
+                        nxt = self._audio_recv.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    if not isinstance(nxt, Audio):
+                        pending = nxt
+                        break
+                    chunks.append(nxt.data)
+                    size += len(nxt.data)
+                if self.lifecycle.state == "listening":
+                    self.lifecycle.advance("audio")
+                results = await stream.feed(decoder.decode(b"".join(chunks)))
+            elif isinstance(item, Reconfigure):
+                await stream.configure(partials=item.partials, max_delay=item.max_delay)
+                results = []
+            elif isinstance(item, Flush):
+                results = await stream.flush()
+            elif isinstance(item, EndOfAudio):
+                tail = decoder.finish()
+                results = (await stream.feed(tail) if len(tail) else []) + await stream.finish()
+                for result in results:
+                    await self._out_send.send(result)
+                await self._out_send.send(EndOfTranscript())
+                return
+            else:
+                raise TypeError(f"unexpected item {item!r}")
+            for result in results:
+                await self._out_send.send(result)
+
+    # --- writer -------------------------------------------------------------------------------------------
+
+    async def _writer(self) -> None:
+        async for item in self._out_recv:
+            for frame in self.dialect.render(item):
+                await self._send(frame)
+            if isinstance(item, EndOfTranscript):
+                self._finished = True
+                with trio.move_on_after(self.limits.close_grace):
+                    await trio.sleep_forever()  # the client closes; the reader then ends the session
+                self._end("normal", "the client did not close after the end of the transcript")
+                return
+
+    async def _send(self, frame: str | bytes) -> None:
+        # A frame is sent whole even if the session is cancelled meanwhile (a half-sent frame would break the
+        # stream), but never for longer than send_timeout.
+        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.limits.send_timeout) as scope:
+            try:
+                await self.ws.send_message(frame)
+            except ConnectionClosed:
+                pass
+        if scope.cancelled_caught:
+            self._end("dropped", "the client stopped reading")
+            await trio.lowlevel.checkpoint()
+
+
+__all__ = ["Ending", "Session", "SessionLimits"]
