@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import hashlib
 import hmac
 import logging
@@ -29,6 +30,7 @@ class ServerConfig:
     port: int = 9000
     engine: str = "sphinx"
     decode_workers: int | None = None  # engine worker processes; None: one per core
+    engine_options: dict = attrs.field(factory=dict)  # passed to the engine (e.g. the scripted engine's script)
     api_keys: tuple[str, ...] = ()
     limits: SessionLimits = SessionLimits()
 
@@ -54,6 +56,8 @@ class Server:
         self.keys = KeyRing(config.api_keys)
         self.lifecycle_chart = load_chart("lifecycle")
         self.sessions: set[Session] = set()
+        #: (dialect, ending, rule id) -> sessions that ended so; bounded by the number of rules
+        self.endings: collections.Counter[tuple[str, str, str]] = collections.Counter()
         self.port: int | None = None
 
     async def handle(self, request: WebSocketRequest) -> None:
@@ -82,7 +86,8 @@ class Server:
                           authorised=self.keys.allows(dialect.credential()))
         self.sessions.add(session)
         try:
-            await session.run()
+            ending = await session.run()
+            self.endings[(dialect.name, ending.name, ending.rule.id)] += 1
         finally:
             self.sessions.discard(session)
 
@@ -90,7 +95,7 @@ class Server:
 @asynccontextmanager
 async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
     """Load the engine, listen, and serve until the block exits. `server.port` is the bound port."""
-    async with open_engine(config.engine, workers=config.decode_workers) as engine:
+    async with open_engine(config.engine, workers=config.decode_workers, **config.engine_options) as engine:
         server = Server(config, engine)
         async with trio.open_nursery() as nursery:
             listener = await nursery.start(

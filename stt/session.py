@@ -83,7 +83,7 @@ class Session:
         self.audio_frames = 0
         self._finished = False  # the dialect's end-of-stream exchange is complete
         self._ready = trio.Event()
-        self._cancel: trio.CancelScope | None = None
+        self._nursery: trio.Nursery | None = None
         self._audio_send, self._audio_recv = trio.open_memory_channel(limits.audio_queue)
         self._out_send, self._out_recv = trio.open_memory_channel(limits.result_queue)
 
@@ -96,7 +96,7 @@ class Session:
         else:
             try:
                 async with trio.open_nursery() as nursery:
-                    self._cancel = nursery.cancel_scope
+                    self._nursery = nursery
                     nursery.start_soon(self._reader)
                     nursery.start_soon(self._decoder)
                     nursery.start_soon(self._writer)
@@ -116,8 +116,8 @@ class Session:
                 self.ending = Ending("violation", ending, detail)
             else:
                 self.ending = Ending(ending, self.dialect.chart.ending(ending), detail)
-        if self._cancel is not None:
-            self._cancel.cancel()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
 
     async def _close(self) -> None:
         """The one place that turns an ending into the dialect's error frame and close code."""
@@ -261,10 +261,13 @@ class Session:
                 await self._send(frame)
             if isinstance(item, EndOfTranscript):
                 self._finished = True
-                with trio.move_on_after(self.limits.close_grace):
-                    await trio.sleep_forever()  # the client closes; the reader then ends the session
-                self._end("normal", "the client did not close after the end of the transcript")
-                return
+                self._nursery.start_soon(self._close_after_grace)
+
+    async def _close_after_grace(self) -> None:
+        """The client closes after the end of the transcript (the reader then ends the session); if it does
+        not within close_grace, the server closes normally."""
+        await trio.sleep(self.limits.close_grace)
+        self._end("normal", "the client did not close after the end of the transcript")
 
     async def _send(self, frame: str | bytes) -> None:
         # A frame is sent whole even if the session is cancelled meanwhile (a half-sent frame would break the

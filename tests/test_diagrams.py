@@ -1,0 +1,34 @@
+"""docs/statecharts/ is generated from statecharts/: a stale page fails here."""
+
+from pathlib import Path
+
+from stt import diagrams
+from stt.cli import main
+from stt.statechart import load_chart
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "statecharts"
+
+
+def test_docs_are_up_to_date_with_the_charts():
+    assert diagrams.stale(DOCS) == [], "run: python -m stt diagrams"
+
+
+def test_a_page_shows_every_transition_rule_and_forbidden_pair():
+    chart = load_chart("speechmatics")
+    text = diagrams.page(chart)
+    for t in chart.transitions:
+        assert f"| `{t.source}` | `{t.event}` | `{t.target}` |" in text
+    for rule in chart.rules.values():
+        assert f"| {rule.id} |" in text
+    for (state, event), rule_id in chart.forbidden.items():
+        assert f"| `{state}` | `{event}` | {rule_id} |" in text
+    assert "```mermaid\nstateDiagram-v2" in text
+
+
+def test_diagrams_check_reports_stale_pages(tmp_path, capsys):
+    assert main(["diagrams", "--out", str(tmp_path), "--check"]) == 1
+    assert main(["diagrams", "--out", str(tmp_path)]) == 0
+    assert main(["diagrams", "--out", str(tmp_path), "--check"]) == 0
+    (tmp_path / "speechmatics.md").write_text("edited by hand\n")
+    assert main(["diagrams", "--out", str(tmp_path), "--check"]) == 1
+    assert "speechmatics.md" in capsys.readouterr().err

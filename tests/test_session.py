@@ -1,0 +1,189 @@
+"""The session over in-memory streams, where time is virtual (autojump_clock): idle timeouts, back-pressure
+from a slow engine, and the grace period after the end of the transcript."""
+
+import json
+from contextlib import asynccontextmanager
+
+import attrs
+import trio
+import trio.testing
+import trio_websocket
+
+from stt.engines.scripted import ScriptedRecognizer
+from stt.engines.inline_host import InlineEngine
+from stt.server import Server, ServerConfig
+from stt.session import SessionLimits
+from tests.helpers import kinds, receive_all, silence, start_message
+
+
+@asynccontextmanager
+async def session_pair(engine=None, limits=SessionLimits(), path="/v2"):
+    """A Server (no listener) handling one in-memory connection; yields (server, client websocket)."""
+    engine = engine or InlineEngine("scripted", 16000, ScriptedRecognizer)
+    server = Server(ServerConfig(limits=limits), engine)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve_one():
+            request = await trio_websocket.wrap_server_stream(nursery, server_stream)
+            await server.handle(request)
+
+        nursery.start_soon(serve_one)
+        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", path)
+        yield server, ws
+        await ws.aclose()
+        nursery.cancel_scope.cancel()
+
+
+async def test_idle_before_start_recognition_times_out_with_the_vendor_error(autojump_clock):
+    async with session_pair(limits=SessionLimits(idle_timeout=180)) as (server, ws):
+        start = trio.current_time()
+        messages, code = await receive_all(ws)
+        assert trio.current_time() - start >= 180
+        assert messages == [{"message": "Error", "type": "idle_timeout",
+                             "reason": "no data received for the idle timeout: 180 s without a message"}]
+        assert code == 1008
+
+
+async def test_idle_timer_restarts_with_every_message(autojump_clock):
+    async with session_pair(limits=SessionLimits(idle_timeout=10)) as (server, ws):
+        await ws.send_message(start_message())
+        start = trio.current_time()
+        for _ in range(5):
+            await trio.sleep(8)
+            await ws.send_message(silence(0.02))
+        messages, code = await receive_all(ws)
+        assert code == 1008 and trio.current_time() - start >= 50
+        assert [m["seq_no"] for m in messages if m["message"] == "AudioAdded"] == [1, 2, 3, 4, 5]
+
+
+async def test_close_grace_after_end_of_transcript(autojump_clock):
+    async with session_pair(limits=SessionLimits(close_grace=5)) as (server, ws):
+        await ws.send_message(start_message())
+        await ws.send_message('{"message":"EndOfStream","last_seq_no":0}')
+        _, code = await receive_all(ws, until="EndOfTranscript")
+        start = trio.current_time()
+        _, code = await receive_all(ws)
+        assert code == 1000 and 5 <= trio.current_time() - start < 6
+
+
+@attrs.define
+class GatedStream:
+    """An engine stream whose feed() waits for the test to open the gate."""
+
+    gate: trio.Event
+    fed: list
+
+    async def feed(self, samples):
+        await self.gate.wait()
+        self.fed.append(len(samples))
+        return []
+
+    async def flush(self):
+        return []
+
+    async def finish(self):
+        return []
+
+    async def configure(self, partials=None, max_delay=None):
+        pass
+
+
+@attrs.define
+class GatedEngine:
+    gate: trio.Event = attrs.field(factory=trio.Event)
+    fed: list = attrs.field(factory=list)
+    name: str = "gated"
+    sample_rate: int = 16000
+
+    @asynccontextmanager
+    async def open_stream(self, settings):
+        yield GatedStream(self.gate, self.fed)
+
+
+async def test_a_slow_engine_slows_the_client_instead_of_buffering_without_bound():
+    engine = GatedEngine()
+    limits = SessionLimits(audio_queue=4)
+    async with session_pair(engine=engine, limits=limits) as (server, ws):
+        await ws.send_message(start_message())
+        sent = 0
+
+        async def send_many():
+            nonlocal sent
+            for _ in range(200):
+                await ws.send_message(silence(0.02))
+                sent += 1
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(send_many)
+            await trio.testing.wait_all_tasks_blocked()
+            [session] = server.sessions
+            # The engine is stuck on its first call: the session took at most the queue's worth more.
+            assert session.audio_frames <= 1 + limits.audio_queue + 1
+            assert sent == 200  # the in-memory stream itself buffers; a TCP socket would push back here
+            engine.gate.set()
+        await ws.send_message('{"message":"EndOfStream","last_seq_no":200}')
+        messages, _ = await receive_all(ws, until="EndOfTranscript")
+        assert [m["seq_no"] for m in messages if m["message"] == "AudioAdded"][-1] == 200
+        assert sum(engine.fed) == 200 * 320  # every sample reached the engine, in fewer, larger calls
+        assert len(engine.fed) < 200
+
+
+class StallingSendStream(trio.abc.SendStream):
+    """A peer that stops reading: after `limit` bytes, every send blocks forever (a full TCP window)."""
+
+    def __init__(self, inner: trio.abc.SendStream, limit: int):
+        self.inner, self.limit, self.sent = inner, limit, 0
+
+    async def send_all(self, data):
+        if self.sent + len(data) > self.limit:
+            await trio.sleep_forever()
+        self.sent += len(data)
+        await self.inner.send_all(data)
+
+    async def wait_send_all_might_not_block(self):
+        await self.inner.wait_send_all_might_not_block()
+
+    async def aclose(self):
+        await self.inner.aclose()
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(autojump_clock):
+    to_client_send, to_client_recv = trio.testing.memory_stream_one_way_pair()
+    to_server_send, to_server_recv = trio.testing.memory_stream_one_way_pair()
+    server_stream = trio.StapledStream(StallingSendStream(to_client_send, limit=2000), to_server_recv)
+    client_stream = trio.StapledStream(to_server_send, to_client_recv)
+    engine = InlineEngine("scripted", 16000, ScriptedRecognizer)
+    server = Server(ServerConfig(limits=SessionLimits(send_timeout=10)), engine)
+    async with trio.open_nursery() as nursery:
+
+        async def serve_one():
+            await server.handle(await trio_websocket.wrap_server_stream(nursery, server_stream))
+
+        nursery.start_soon(serve_one)
+        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", "/v2")
+        await ws.send_message(start_message())
+        for _ in range(200):  # the client sends and never reads
+            await ws.send_message(silence(0.02))
+        start = trio.current_time()
+        while server.sessions or not server.endings:
+            await trio.sleep(1)
+        assert server.endings[("speechmatics", "dropped", "LC-END-002")] == 1
+        assert trio.current_time() - start <= 3 * 10  # the send timeout, then a bounded close
+        nursery.cancel_scope.cancel()
+
+
+async def test_unauthorised_in_memory_too():
+    engine = InlineEngine("scripted", 16000, ScriptedRecognizer)
+    server = Server(ServerConfig(api_keys=("secret",)), engine)
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve_one():
+            await server.handle(await trio_websocket.wrap_server_stream(nursery, server_stream))
+
+        nursery.start_soon(serve_one)
+        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", "/v2")
+        messages, code = await receive_all(ws)
+        assert kinds(messages) == ["Error"] and code == 4001
+        assert json.loads(json.dumps(messages[0]))["type"] == "not_authorised"

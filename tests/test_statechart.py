@@ -1,0 +1,136 @@
+"""The chart format: every shipped chart loads; malformed charts fail naming file and key; machines enforce."""
+
+import copy
+
+import pytest
+import yaml
+
+from stt.statechart import (
+    ENDINGS,
+    Accepted,
+    ChartError,
+    Refused,
+    UnexpectedEvent,
+    chart_names,
+    load_chart,
+    load_chart_file,
+    parse_chart,
+)
+
+MINIMAL = {
+    "chart": "demo",
+    "title": "Demo",
+    "initial": "idle",
+    "states": {"idle": "Nothing yet.", "busy": "Working.", "done": "Over."},
+    "final": ["done"],
+    "events": {"client": {"Go": "Start.", "Stop": "Stop."}, "server": {"finish": "End."}},
+    "transitions": [
+        {"from": "idle", "event": "Go", "to": "busy"},
+        {"from": "busy", "event": "Stop", "to": "idle"},
+        {"from": ["idle", "busy"], "event": "finish", "to": "done"},
+    ],
+    "forbidden": [
+        {"in": "idle", "event": "Stop", "rule": "DM-ORDER-001"},
+        {"in": "busy", "event": "Go", "rule": "DM-WARN-001"},
+    ],
+    "rules": {
+        "DM-ORDER-001": {"requirement": "Go before Stop.", "error": "protocol_error", "message": "not started",
+                         "close": 1003},
+        "DM-WARN-001": {"requirement": "Go once.", "warning": "already_going", "message": "ignored"},
+    },
+}
+
+
+def test_every_shipped_chart_loads_and_the_lifecycle_maps_every_ending():
+    names = chart_names()
+    assert {"lifecycle", "speechmatics"} <= set(names)
+    for name in names:
+        load_chart(name)
+    assert set(load_chart("lifecycle").endings) == set(ENDINGS)
+
+
+def test_the_lifecycle_is_the_one_of_the_design_card():
+    chart = load_chart("lifecycle")
+    m = chart.machine()
+    for event, state in [("handshake", "connecting"), ("accept", "loading"), ("ready", "listening"),
+                         ("audio", "connected"), ("end", "closed")]:
+        assert m.advance(event).target == state
+    assert m.finished
+    codes = {name: chart.ending(name).close for name in ENDINGS}
+    assert codes["normal"] == 1000 and codes["dropped"] == 1006 and codes["unauthorised"] == 4001
+
+
+def test_machine_accepts_transitions_and_refuses_forbidden_pairs_without_moving():
+    m = parse_chart(MINIMAL).machine()
+    refused = m.fire("Stop")
+    assert isinstance(refused, Refused) and refused.rule.id == "DM-ORDER-001" and refused.rule.fatal
+    assert m.state == "idle"
+    assert m.fire("Go") == Accepted("idle", "Go", "busy")
+    warned = m.fire("Go")
+    assert isinstance(warned, Refused) and not warned.rule.fatal and warned.rule.warning == "already_going"
+    assert m.state == "busy"
+
+
+def test_a_server_event_the_chart_does_not_allow_is_a_bug_not_a_violation():
+    m = parse_chart(MINIMAL).machine()
+    m.advance("finish")
+    with pytest.raises(UnexpectedEvent):
+        m.advance("finish")
+    with pytest.raises(KeyError):
+        m.fire("NoSuchEvent")
+
+
+def broken(mutate):
+    data = copy.deepcopy(MINIMAL)
+    mutate(data)
+    return data
+
+
+@pytest.mark.parametrize(
+    "mutate, key",
+    [
+        (lambda d: d.update(extra=1), "extra"),
+        (lambda d: d.pop("initial"), "initial"),
+        (lambda d: d.update(initial="nowhere"), "initial"),
+        (lambda d: d["transitions"].append({"from": "idle", "event": "Go", "to": "nowhere"}), "transitions[3].to"),
+        (lambda d: d["transitions"].append({"from": "idle", "on": "Go", "to": "busy"}), "transitions[3]"),
+        (lambda d: d["transitions"].append({"from": "done", "event": "Go", "to": "idle"}), "transitions[3].from"),
+        (lambda d: d["forbidden"].pop(), "forbidden"),  # (busy, Go) is then neither allowed nor forbidden
+        (lambda d: d["forbidden"].append({"in": "idle", "event": "Go", "rule": "DM-ORDER-001"}), "forbidden[2]"),
+        (lambda d: d["forbidden"][0].update(rule="DM-NOPE-001"), "forbidden[0].rule"),
+        (lambda d: d["rules"]["DM-ORDER-001"].pop("close"), "rules.DM-ORDER-001.close"),
+        (lambda d: d["rules"]["DM-WARN-001"].update(close=1000), "rules.DM-WARN-001.close"),
+        (lambda d: d["rules"]["DM-ORDER-001"].update(close=99), "rules.DM-ORDER-001.close"),
+        (lambda d: d["rules"]["DM-ORDER-001"].update(guard="lambda: 1"), "rules.DM-ORDER-001.guard"),
+        (lambda d: d["rules"].update({"bad id": d["rules"]["DM-WARN-001"]}), "rules.bad id"),
+        (lambda d: d.update(endings={"exploded": "DM-ORDER-001"}), "endings.exploded"),
+        (lambda d: d.update(endings={"normal": "DM-WARN-001"}), "endings.normal"),
+        (lambda d: d["events"]["server"].update(Go="twice"), "events.Go"),
+    ],
+)
+def test_a_malformed_chart_fails_naming_file_and_key(mutate, key):
+    with pytest.raises(ChartError) as info:
+        parse_chart(broken(mutate), "charts/demo.yaml")
+    assert str(info.value).startswith(f"charts/demo.yaml: {key}:")
+
+
+def test_yaml_errors_name_the_file(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("chart: [unclosed\n")
+    with pytest.raises(ChartError, match="bad.yaml: not valid YAML"):
+        load_chart_file(path)
+
+
+def test_a_chart_round_trips_through_yaml(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(MINIMAL))
+    chart = load_chart_file(path)
+    assert chart.forbidden[("idle", "Stop")] == "DM-ORDER-001"
+    assert chart.path == str(path)
+
+
+def test_dialect_endings_override_the_lifecycle_ones():
+    chart = load_chart("speechmatics").with_endings_from(load_chart("lifecycle"))
+    assert chart.ending("unauthorised").error == "not_authorised"
+    assert chart.ending("internal_error").close == 1011
+    assert chart.ending("normal").id == "LC-END-001"  # not overridden: the lifecycle's
