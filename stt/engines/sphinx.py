@@ -1,0 +1,350 @@
+"""The pocketsphinx recognizer: VAD endpointing, partials, max_delay cuts that never split a word.
+
+One SphinxRecognizer decodes one stream with pocketsphinx's bundled en-us model at 16 kHz.
+
+How a stream is cut into utterances:
+  * pocketsphinx's Endpointer (a VAD with a 0.3 s decision window) is fed fixed 30 ms frames; client chunks
+    of any size are carried over between feed() calls, so the decoder always sees the same sequence of calls
+    whatever the chunking, and the finals are the same.
+  * An utterance starts where the Endpointer says speech starts, less PREROLL seconds of the audio before it
+    (never reaching back into audio an earlier Final covered); it ends at the Endpointer's speech end, which
+    emits a Final.
+  * max_delay: once an utterance holds more than max_delay seconds of audio without an endpoint, it is ended
+    anyway. Its last word may be cut in half, so only the words before it are finalised; a new utterance
+    starts at that boundary and is re-fed the audio from there on. Final.end is the boundary, so the finals
+    tile the speech.
+  * The first utterance of a stream is decoded twice: pocketsphinx normalises features with a cepstral mean
+    that it only learns at the end of an utterance, and its initial value suits few microphones. The second
+    pass uses the mean learnt from the first (measured: "go forward ten years" -> "go forward ten meters").
+
+Times are absolute, in seconds since the start of the stream, rounded to 10 ms.
+
+Decoders are expensive to load (~0.4 s), so closed recognizers put theirs on a module-level free list and
+the next recognizer in the same process takes it, with its cepstral mean reset to the model's initial value
+so that every stream starts from the same state.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+from pocketsphinx import Decoder, Endpointer, Vad
+
+from stt.engines.base import StreamSettings
+from stt.events import Final, Partial, Word
+
+SAMPLE_RATE = 16000  # the bundled en-us model is 16 kHz only
+_BYTES = 2  # int16
+_DECODER_FRAME = 160  # samples per decoder frame (100 frames per second)
+
+VAD_WINDOW = 0.3  # seconds the Endpointer looks at to decide
+VAD_RATIO = 0.9  # fraction of that window that must agree
+VAD_FRAME = 0.03  # seconds per Endpointer frame
+PREROLL = 0.2  # seconds of audio before the detected speech start given to the decoder
+CUT_TAIL = 30  # decoder frames: a last word ending this long before the cut is complete, not cut
+CUT_PAD = 10  # decoder frames of lead-in kept before a cut word when it is re-fed
+MIN_MAX_DELAY = 0.5  # seconds; smaller max_delay values are raised to this
+_HISTORY = SAMPLE_RATE  # samples of raw audio kept for pre-roll and for draining the Endpointer
+
+_FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+)$")
+_ALTERNATE = re.compile(r"\(\d+\)$")
+
+# --- decoder free list -------------------------------------------------------------------------------------
+
+MAX_FREE_DECODERS = 8
+_free_decoders: list[Decoder] = []
+_initial_cmn: str | None = None
+
+
+def _new_decoder() -> Decoder:
+    global _initial_cmn
+    decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+    if _initial_cmn is None:
+        _initial_cmn = decoder.get_cmn()
+    return decoder
+
+
+def acquire_decoder() -> Decoder:
+    """A decoder in its initial state: from the free list, or freshly loaded."""
+    decoder = _free_decoders.pop() if _free_decoders else _new_decoder()
+    assert _initial_cmn is not None
+    decoder.set_cmn(_initial_cmn)
+    return decoder
+
+
+def release_decoder(decoder: Decoder) -> None:
+    """Give a decoder (not inside an utterance) back to the free list."""
+    if len(_free_decoders) < MAX_FREE_DECODERS:
+        _free_decoders.append(decoder)
+
+
+def preload() -> None:
+    """Load one decoder into the free list, so the first stream does not wait for the model."""
+    if not _free_decoders:
+        release_decoder(_new_decoder())
+
+
+# --- helpers -----------------------------------------------------------------------------------------------
+
+
+def _seconds(samples: int) -> float:
+    return round(samples / SAMPLE_RATE, 2)
+
+
+def _real_words(decoder: Decoder) -> list[tuple[str, int, int, float]]:
+    """(word, start_frame, end_frame inclusive, probability) of the decoder's current segmentation,
+    fillers dropped and alternate-pronunciation suffixes stripped."""
+    words = []
+    for seg in decoder.seg() or ():
+        text = seg.word
+        if not text or _FILLER.match(text):
+            continue
+        words.append((_ALTERNATE.sub("", text), seg.start_frame, seg.end_frame, seg.prob))
+    return words
+
+
+def _pcm(samples: np.ndarray) -> bytes:
+    array = np.asarray(samples)
+    if array.dtype != np.int16:
+        raise TypeError(f"samples must be int16, not {array.dtype}")
+    if array.ndim != 1:
+        raise ValueError(f"samples must be mono (1-D), not shape {array.shape}")
+    return array.astype("<i2", copy=False).tobytes()
+
+
+# --- the recognizer ----------------------------------------------------------------------------------------
+
+
+class SphinxRecognizer:
+    """A base.Recognizer on pocketsphinx. Blocking; one thread at a time."""
+
+    sample_rate = SAMPLE_RATE
+
+    def __init__(self, settings: StreamSettings | None = None) -> None:
+        settings = settings or StreamSettings()
+        if not settings.language.lower().startswith("en"):
+            raise ValueError(f"the pocketsphinx engine only knows English, not {settings.language!r}")
+        self._partials = settings.partials
+        self._max_delay = self._check_max_delay(settings.max_delay)
+        self._decoder: Decoder | None = acquire_decoder()
+        self._cold = True  # no utterance finalised yet: the cepstral mean is still the model's guess
+
+        self._total = 0  # samples received
+        self._history = bytearray()  # raw audio [_history_start, _total)
+        self._history_start = 0
+        self._covered = 0  # end (samples) of the audio the last Final covered
+        self._new_endpointer(origin=0)
+
+        self._in_utt = False
+        self._utt_start = 0  # samples: where the decoder's frame 0 lies
+        self._utt_audio = bytearray()  # everything fed to the decoder in this utterance
+        self._next_speech = 0  # samples: start of the next frame the Endpointer will hand back
+        self._last_partial: tuple[str, ...] = ()
+        self._partial_shown = False  # a Partial of the current utterance went out
+
+    # --- the Recognizer protocol ---------------------------------------------------------------------------
+
+    def feed(self, samples: np.ndarray) -> list[Partial | Final]:
+        data = _pcm(samples)
+        self._live_decoder()
+        self._history += data
+        self._total += len(data) // _BYTES
+        self._carry += data
+        out: list[Partial | Final] = []
+        frame_bytes = self._frame_bytes
+        whole = len(self._carry) // frame_bytes * frame_bytes
+        view = memoryview(self._carry)
+        try:
+            for offset in range(0, whole, frame_bytes):
+                self._process_frame(bytes(view[offset : offset + frame_bytes]), out)
+        finally:
+            view.release()
+        del self._carry[:whole]
+        self._trim_history()
+        if self._partials and self._in_utt:
+            self._partial(out)
+        return out
+
+    def flush(self) -> list[Partial | Final]:
+        self._live_decoder()
+        if not self._in_utt:
+            now = _seconds(self._total)
+            return [Final((), now, now, forced=True)]
+        out = self._drain(forced=True)
+        self._new_endpointer(origin=self._total)
+        return out
+
+    def finish(self) -> list[Partial | Final]:
+        self._live_decoder()
+        out = self._drain(forced=False) if self._in_utt else []
+        self._covered = self._total
+        self._new_endpointer(origin=self._total)
+        return out
+
+    def configure(self, partials: bool | None = None, max_delay: float | None = None) -> None:
+        if partials is not None:
+            self._partials = bool(partials)
+        if max_delay is not None:
+            self._max_delay = self._check_max_delay(max_delay)
+
+    def close(self) -> None:
+        decoder, self._decoder = self._decoder, None
+        if decoder is None:
+            return
+        if self._in_utt:
+            self._in_utt = False
+            try:
+                decoder.end_utt()
+            except Exception:
+                return  # a decoder in an unknown state is not reused
+        release_decoder(decoder)
+
+    # --- internals -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _check_max_delay(max_delay: float) -> float:
+        if not max_delay > 0:
+            raise ValueError(f"max_delay must be positive, not {max_delay!r}")
+        return max(float(max_delay), MIN_MAX_DELAY)
+
+    def _live_decoder(self) -> Decoder:
+        if self._decoder is None:
+            raise RuntimeError("the recognizer is closed")
+        return self._decoder
+
+    def _new_endpointer(self, origin: int) -> None:
+        self._endpointer = Endpointer(
+            window=VAD_WINDOW,
+            ratio=VAD_RATIO,
+            vad_mode=Vad.LOOSE,
+            sample_rate=SAMPLE_RATE,
+            frame_length=VAD_FRAME,
+        )
+        self._frame_bytes = self._endpointer.frame_bytes
+        self._frame_samples = self._frame_bytes // _BYTES
+        self._endpointer_origin = origin  # samples: where the Endpointer's time 0 lies
+        self._carry = bytearray()  # received audio not yet a whole Endpointer frame
+
+    def _audio(self, start: int, end: int) -> bytes:
+        """Raw audio [start, end) in samples, from the history."""
+        lo = (start - self._history_start) * _BYTES
+        hi = (end - self._history_start) * _BYTES
+        if lo < 0 or hi > len(self._history) or lo > hi:
+            raise AssertionError(f"audio {start}..{end} is not in the history")
+        return bytes(self._history[lo:hi])
+
+    def _trim_history(self) -> None:
+        excess = len(self._history) // _BYTES - 2 * _HISTORY
+        if excess > 0:
+            drop = excess + _HISTORY
+            del self._history[: drop * _BYTES]
+            self._history_start += drop
+
+    def _process_frame(self, frame: bytes, out: list[Partial | Final]) -> None:
+        endpointer = self._endpointer
+        speech = endpointer.process(frame)
+        if speech is None:
+            return
+        if not self._in_utt:  # speech starts
+            first = round(endpointer.speech_start / endpointer.frame_length) * self._frame_samples
+            first += self._endpointer_origin
+            start = max(self._covered, first - round(PREROLL * SAMPLE_RATE), self._history_start)
+            self._start_utterance(start, self._audio(start, first))
+            self._next_speech = first
+        self._decode(speech)
+        self._next_speech += len(speech) // _BYTES
+        if not endpointer.in_speech:  # speech ends: an endpoint
+            out += self._finalise(forced=False)
+        elif len(self._utt_audio) // _BYTES > self._max_delay * SAMPLE_RATE:
+            out += self._cut()
+
+    def _start_utterance(self, start: int, audio: bytes) -> None:
+        decoder = self._live_decoder()
+        decoder.start_utt()
+        self._in_utt = True
+        self._utt_start = start
+        self._utt_audio = bytearray()
+        self._last_partial = ()
+        if audio:
+            self._decode(audio)
+
+    def _decode(self, audio: bytes) -> None:
+        self._utt_audio += audio
+        self._live_decoder().process_raw(audio)
+
+    def _end_utterance(self) -> list[tuple[str, int, int, float]]:
+        """End the decoder's utterance (a second pass for the stream's first) and return its words."""
+        decoder = self._live_decoder()
+        decoder.end_utt()
+        self._in_utt = False
+        if self._cold:
+            self._cold = False
+            if self._utt_audio:
+                decoder.start_utt()
+                decoder.process_raw(bytes(self._utt_audio))
+                decoder.end_utt()
+        return _real_words(decoder)
+
+    def _words(self, segs: list[tuple[str, int, int, float]], limit: int) -> tuple[Word, ...]:
+        words = []
+        for text, first, last, prob in segs:
+            start = self._utt_start + first * _DECODER_FRAME
+            end = min(self._utt_start + (last + 1) * _DECODER_FRAME, limit)
+            words.append(Word(text, _seconds(start), _seconds(end), min(max(float(prob), 0.0), 1.0)))
+        return tuple(words)
+
+    def _final(self, words: tuple[Word, ...], start: int, end: int, forced: bool) -> list[Partial | Final]:
+        """The Final of [start, end); an empty one only where it answers a flush or replaces partials."""
+        superseding = self._partial_shown or self._partials
+        self._partial_shown = False
+        self._last_partial = ()
+        self._covered = end
+        if words or forced or superseding:
+            return [Final(words, _seconds(start), _seconds(end), forced=forced)]
+        return []
+
+    def _finalise(self, forced: bool) -> list[Partial | Final]:
+        """The whole utterance becomes a Final."""
+        segs = self._end_utterance()
+        start = self._utt_start
+        end = start + len(self._utt_audio) // _BYTES
+        return self._final(self._words(segs, end), start, end, forced)
+
+    def _drain(self, forced: bool) -> list[Partial | Final]:
+        """Decode what the Endpointer still holds back (and the carry), then finalise the utterance."""
+        rest = self._audio(self._next_speech, self._total)
+        if rest:
+            self._decode(rest)
+        self._next_speech = self._total
+        return self._finalise(forced)
+
+    def _cut(self) -> list[Partial | Final]:
+        """max_delay reached mid-speech: finalise the words before the last one, restart from there."""
+        segs = self._end_utterance()
+        frames = len(self._utt_audio) // _BYTES // _DECODER_FRAME
+        if not segs:
+            final, boundary = [], max(0, frames - CUT_TAIL)
+        elif segs[-1][2] < frames - CUT_TAIL:  # the last word ended well before the cut: it is whole
+            final, boundary = segs, max(segs[-1][2] + 1, frames - CUT_TAIL)
+        elif len(segs) == 1:  # one word as long as max_delay: nothing to keep it whole for
+            final, boundary = segs, frames
+        else:
+            final, boundary = segs[:-1], max(segs[-2][2] + 1, segs[-1][1] - CUT_PAD)
+        start = self._utt_start
+        keep = min(boundary * _DECODER_FRAME, len(self._utt_audio) // _BYTES)
+        end = start + keep
+        out = self._final(self._words(final, end), start, end, forced=False)
+        tail = bytes(self._utt_audio[keep * _BYTES :])
+        self._start_utterance(end, tail)
+        return out
+
+    def _partial(self, out: list[Partial | Final]) -> None:
+        segs = _real_words(self._live_decoder())
+        key = tuple(seg[0] for seg in segs)
+        if key == self._last_partial:
+            return
+        self._last_partial = key
+        self._partial_shown = True
+        end = self._utt_start + len(self._utt_audio) // _BYTES
+        out.append(Partial(self._words(segs, end), _seconds(self._utt_start), _seconds(end)))
