@@ -1,8 +1,16 @@
 """The engine interface: what a recognizer does, knowing nothing of dialects.
 
-A Recognizer is one stream of one utterance sequence: blocking, single-threaded, fed mono int16 samples at
-the engine's `sample_rate`, in order and in bounded chunks. It answers with recognition results
-(stt.events.Partial / Final). Hosts (stt.engines.host) run recognizers off the event loop.
+A Recognizer decodes one stream: blocking, single-threaded, fed mono (1-D) int16 samples at the engine's
+`sample_rate`, in order and in bounded chunks. It answers with recognition results (stt.events.Partial /
+Final). Hosts give it an async face (EngineStream): stt.engines.inline_host runs a cheap one on the event loop,
+stt.engines.process_host runs one in worker processes.
+
+Results: times are seconds of audio since the stream began. A Partial spans the current utterance so far and
+is replaced by the next Partial or Final; a Final spans the audio it covers, so finals tile the speech. An
+empty Final answers a flush when nothing was said, or replaces partials that came to nothing.
+max_delay: a Final comes at a pause, or once an utterance holds max_delay seconds of audio (then at the word
+boundary before that point), so a word is final at most about max_delay (plus the engine's endpointing
+window) after it was spoken.
 """
 
 from __future__ import annotations
@@ -13,6 +21,10 @@ import attrs
 import numpy as np
 
 from stt.events import Final, Partial
+
+
+class EngineError(Exception):
+    """A recognizer call failed: the recognizer raised, or the process hosting it is gone."""
 
 
 @attrs.frozen
@@ -40,7 +52,7 @@ class Recognizer(Protocol):
         """Change settings mid-stream; None leaves a setting as it is."""
 
     def close(self) -> None:
-        """Release the recognizer's resources."""
+        """Release the recognizer's resources (idempotent)."""
 
 
 class EngineStream(Protocol):

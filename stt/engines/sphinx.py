@@ -20,8 +20,8 @@ How a stream is cut into utterances:
 Times are absolute, in seconds since the start of the stream, rounded to 10 ms.
 
 Decoders are expensive to load (~0.4 s), so closed recognizers put theirs on a module-level free list and
-the next recognizer in the same process takes it, with its cepstral mean reset to the model's initial value
-so that every stream starts from the same state.
+the next recognizer in the same process takes it, with its feature extraction (noise estimate, cepstral mean)
+reset, so that every stream starts from the same state.
 """
 
 from __future__ import annotations
@@ -45,6 +45,7 @@ PREROLL = 0.2  # seconds of audio before the detected speech start given to the 
 CUT_TAIL = 30  # decoder frames: a last word ending this long before the cut is complete, not cut
 CUT_PAD = 10  # decoder frames of lead-in kept before a cut word when it is re-fed
 MIN_MAX_DELAY = 0.5  # seconds; smaller max_delay values are raised to this
+REDECODE_FIRST = True  # decode a stream's first utterance again once the cepstral mean has adapted
 _HISTORY = SAMPLE_RATE  # samples of raw audio kept for pre-roll and for draining the Endpointer
 
 _FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+)$")
@@ -52,24 +53,17 @@ _ALTERNATE = re.compile(r"\(\d+\)$")
 
 # --- decoder free list -------------------------------------------------------------------------------------
 
-MAX_FREE_DECODERS = 8
+MAX_FREE_DECODERS = 4  # a decoder holds ~90 MB; loading one takes ~0.5 s of the worker's time
 _free_decoders: list[Decoder] = []
-_initial_cmn: str | None = None
-
-
-def _new_decoder() -> Decoder:
-    global _initial_cmn
-    decoder = Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
-    if _initial_cmn is None:
-        _initial_cmn = decoder.get_cmn()
-    return decoder
 
 
 def acquire_decoder() -> Decoder:
-    """A decoder in its initial state: from the free list, or freshly loaded."""
-    decoder = _free_decoders.pop() if _free_decoders else _new_decoder()
-    assert _initial_cmn is not None
-    decoder.set_cmn(_initial_cmn)
+    """A decoder in its initial state: from the free list (feature extraction reset), or freshly loaded."""
+    if not _free_decoders:
+        return Decoder(samprate=SAMPLE_RATE, loglevel="FATAL")
+    decoder = _free_decoders.pop()
+    # The noise estimate and the cepstral mean adapt to each stream; reset both (set_cmn alone is not enough).
+    decoder.reinit_feat()
     return decoder
 
 
@@ -82,7 +76,7 @@ def release_decoder(decoder: Decoder) -> None:
 def preload() -> None:
     """Load one decoder into the free list, so the first stream does not wait for the model."""
     if not _free_decoders:
-        release_decoder(_new_decoder())
+        release_decoder(Decoder(samprate=SAMPLE_RATE, loglevel="FATAL"))
 
 
 # --- helpers -----------------------------------------------------------------------------------------------
@@ -154,13 +148,16 @@ class SphinxRecognizer:
         out: list[Partial | Final] = []
         frame_bytes = self._frame_bytes
         whole = len(self._carry) // frame_bytes * frame_bytes
+        done = 0
         view = memoryview(self._carry)
         try:
-            for offset in range(0, whole, frame_bytes):
-                self._process_frame(bytes(view[offset : offset + frame_bytes]), out)
+            while done < whole:
+                frame = bytes(view[done : done + frame_bytes])
+                done += frame_bytes  # consumed even if processing it fails: never fed twice
+                self._process_frame(frame, out)
         finally:
             view.release()
-        del self._carry[:whole]
+            del self._carry[:done]
         self._trim_history()
         if self._partials and self._in_utt:
             self._partial(out)
@@ -280,7 +277,7 @@ class SphinxRecognizer:
         self._in_utt = False
         if self._cold:
             self._cold = False
-            if self._utt_audio:
+            if REDECODE_FIRST and self._utt_audio:
                 decoder.start_utt()
                 decoder.process_raw(bytes(self._utt_audio))
                 decoder.end_utt()
