@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 import trio
 
-from stt.engines.base import StreamSettings
-from stt.engines.base import EngineError
+from stt.engines.base import EngineError, StreamSettings
 from stt.engines.process_host import open_process_engine
 from tests.engines.test_sphinx import decode, load
 
