@@ -90,7 +90,7 @@ class Session:
     # --- running ------------------------------------------------------------------------------------------
 
     async def run(self) -> Ending:
-        log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect_path())
+        log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect.handshake.path)
         if not self.authorised:
             self._end("unauthorised", "missing or invalid API key")
         else:
@@ -105,9 +105,6 @@ class Session:
                 self._end("internal_error", f"{type(exc).__name__}")
         await self._close()
         return self.ending
-
-    def dialect_path(self) -> str:
-        return getattr(getattr(self.dialect, "handshake", None), "path", "")
 
     def _end(self, ending: str | Rule, detail: str = "") -> None:
         """Decide how the session ends (the first decision wins) and stop its tasks."""

@@ -45,6 +45,7 @@ class Dialect(Protocol):
     name: str
     chart: Chart
     machine: ChartMachine
+    handshake: Handshake
 
     def credential(self) -> str | None:
         """The API key the client presented, if any."""
