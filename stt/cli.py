@@ -85,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         trio.run(serve, config)
-    except KeyboardInterrupt:
-        pass
+    except* KeyboardInterrupt:  # trio may deliver it wrapped in an exception group
+        logging.getLogger("stt").info("interrupted: server stopped")
     return 0
 

@@ -13,6 +13,7 @@ or a broken rule; `_close` then maps it, in this one place, to the dialect's err
 from __future__ import annotations
 
 import logging
+import math
 import uuid
 
 import attrs
@@ -95,11 +96,15 @@ class Session:
             self._end("unauthorised", "missing or invalid API key")
         else:
             try:
-                async with trio.open_nursery() as nursery:
-                    self._nursery = nursery
-                    nursery.start_soon(self._reader)
-                    nursery.start_soon(self._decoder)
-                    nursery.start_soon(self._writer)
+                # The writer is not in the nursery that _end cancels: cancelling it mid-frame would break the
+                # stream. It stops by itself, between frames, once an ending is decided.
+                async with trio.open_nursery() as outer:
+                    outer.start_soon(self._writer)
+                    async with self._out_send:
+                        async with trio.open_nursery() as nursery:
+                            self._nursery = nursery
+                            nursery.start_soon(self._reader)
+                            nursery.start_soon(self._decoder)
             except Exception as exc:  # a bug in the server: end this session, keep serving the others
                 log.exception("session %s failed", self.id)
                 self._end("internal_error", f"{type(exc).__name__}")
@@ -148,15 +153,16 @@ class Session:
 
     async def _reader(self) -> None:
         try:
-            while True:
-                with trio.move_on_after(self.limits.idle_timeout) as idle:
+            with trio.CancelScope() as idle:
+                while True:
+                    idle.deadline = trio.current_time() + self.limits.idle_timeout
                     frame = await self.ws.get_message()
-                if idle.cancelled_caught:
-                    self._end("idle_timeout", f"{self.limits.idle_timeout:g} s without a message")
-                    return
-                self.frames_in += 1
-                for event in self.dialect.receive(frame):
-                    await self._handle(event)
+                    idle.deadline = math.inf  # waiting on a slow engine below is not the client being idle
+                    self.frames_in += 1
+                    for event in self.dialect.receive(frame):
+                        await self._handle(event)
+            if idle.cancelled_caught:
+                self._end("idle_timeout", f"{self.limits.idle_timeout:g} s without a message")
         except ConnectionClosed as exc:
             code = exc.reason.code if exc.reason else 1006
             if code == 1009 and self.ws.closed is not None and "maximum message size" in (exc.reason.reason or ""):
@@ -253,30 +259,28 @@ class Session:
     # --- writer -------------------------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        async for item in self._out_recv:
-            for frame in self.dialect.render(item):
-                await self._send(frame)
-            if isinstance(item, EndOfTranscript):
-                self._finished = True
-                self._nursery.start_soon(self._close_after_grace)
+        with trio.CancelScope() as sending:
+            async for item in self._out_recv:
+                if self.ending is not None:
+                    return  # what is still queued is dropped: the session is over
+                for frame in self.dialect.render(item):
+                    sending.deadline = trio.current_time() + self.limits.send_timeout
+                    try:
+                        await self.ws.send_message(frame)
+                    except ConnectionClosed:
+                        return  # the reader sees the close and ends the session
+                sending.deadline = math.inf
+                if isinstance(item, EndOfTranscript):
+                    self._finished = True
+                    self._nursery.start_soon(self._close_after_grace)
+        if sending.cancelled_caught:
+            self._end("dropped", f"the client read nothing for {self.limits.send_timeout:g} s")
 
     async def _close_after_grace(self) -> None:
         """The client closes after the end of the transcript (the reader then ends the session); if it does
         not within close_grace, the server closes normally."""
         await trio.sleep(self.limits.close_grace)
         self._end("normal", "the client did not close after the end of the transcript")
-
-    async def _send(self, frame: str | bytes) -> None:
-        # A frame is sent whole even if the session is cancelled meanwhile (a half-sent frame would break the
-        # stream), but never for longer than send_timeout.
-        with trio.CancelScope(shield=True, deadline=trio.current_time() + self.limits.send_timeout) as scope:
-            try:
-                await self.ws.send_message(frame)
-            except ConnectionClosed:
-                pass
-        if scope.cancelled_caught:
-            self._end("dropped", "the client stopped reading")
-            await trio.lowlevel.checkpoint()
 
 
 __all__ = ["Ending", "Session", "SessionLimits"]

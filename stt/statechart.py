@@ -157,6 +157,9 @@ class ChartMachine:
             auto_transitions=False,
             ignore_invalid_triggers=False,
         )
+        # (state, event) -> target, from the same transitions: answering from the table keeps the hot path
+        # (an audio frame in a state that loops on it) off the machine, which is asked only to move.
+        self._targets = {(t.source, t.event): t.target for t in chart.transitions}
 
     @property
     def state(self) -> str:
@@ -167,20 +170,22 @@ class ChartMachine:
         return self.state in self.chart.final
 
     def can(self, event: str) -> bool:
-        return self._model.may_trigger(event)
+        return (self.state, event) in self._targets
 
     def fire(self, event: str) -> Outcome:
         """Apply a client event: Accepted and moved on, or Refused with the rule it breaks (state unchanged)."""
-        if event not in self.chart.client_events and event not in self.chart.server_events:
-            raise KeyError(f"chart {self.chart.name!r} has no event {event!r}")
-        source = self.state
+        source = self._model.state
+        target = self._targets.get((source, event))
+        if target is not None:
+            if target != source:
+                self._model.trigger(event)
+            return Accepted(source, event, target)
         rule_id = self.chart.forbidden.get((source, event))
         if rule_id is not None:
             return Refused(source, event, self.chart.rules[rule_id])
-        if not self._model.may_trigger(event):
-            raise UnexpectedEvent(f"{self.chart.name}: {event!r} is not allowed in state {source!r}")
-        self._model.trigger(event)
-        return Accepted(source, event, self.state)
+        if event not in self.chart.client_events and event not in self.chart.server_events:
+            raise KeyError(f"chart {self.chart.name!r} has no event {event!r}")
+        raise UnexpectedEvent(f"{self.chart.name}: {event!r} is not allowed in state {source!r}")
 
     def advance(self, event: str) -> Accepted:
         """Apply a server event, which the server only fires when its chart allows it."""

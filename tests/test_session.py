@@ -187,3 +187,17 @@ async def test_unauthorised_in_memory_too():
         messages, code = await receive_all(ws)
         assert kinds(messages) == ["Error"] and code == 4001
         assert json.loads(json.dumps(messages[0]))["type"] == "not_authorised"
+
+
+async def test_waiting_on_a_slow_engine_is_not_the_client_being_idle(autojump_clock):
+    engine = GatedEngine()
+    async with session_pair(engine=engine, limits=SessionLimits(idle_timeout=10, audio_queue=2)) as (server, ws):
+        await ws.send_message(start_message())
+        for _ in range(10):  # more than the queue holds: the reader waits for the engine
+            await ws.send_message(silence(0.02))
+        await trio.sleep(60)  # the engine is stuck for six idle timeouts
+        assert server.sessions and not server.endings
+        engine.gate.set()
+        await ws.send_message('{"message":"EndOfStream","last_seq_no":10}')
+        messages, _ = await receive_all(ws, until="EndOfTranscript")
+        assert [m["seq_no"] for m in messages if m["message"] == "AudioAdded"][-1] == 10

@@ -201,8 +201,8 @@ class SpeechmaticsDialect:
     # --- frames out ---------------------------------------------------------------------------------------
 
     def render(self, item: Any) -> list[str]:
-        if isinstance(item, AudioAccepted):
-            return [_dump({"message": "AudioAdded", "seq_no": item.seq_no})]
+        if isinstance(item, AudioAccepted):  # once per audio frame: formatted, not dumped
+            return ['{"message":"AudioAdded","seq_no":%d}' % item.seq_no]
         if isinstance(item, Partial):
             return [_dump(self._transcript("AddPartialTranscript", item))] if self.partials else []
         if isinstance(item, Final):
