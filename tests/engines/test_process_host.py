@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import trio
+import trio.testing
 
 from stt.engines.base import EngineError, StreamSettings
 from stt.engines.process_host import open_process_engine
@@ -141,7 +142,7 @@ async def test_a_cancelled_call_still_reads_its_reply():
             # a call waiting for the worker's lock is cancelled while it waits, before it sends anything
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(stream.feed, np.zeros(7, np.int16))
-                await trio.sleep(0.1)
+                await trio.testing.wait_all_tasks_blocked()  # it holds the lock and waits on its thread
                 with trio.move_on_after(0.05) as scope:
                     await stream.feed(np.zeros(1000, np.int16))
                 assert scope.cancelled_caught
