@@ -247,14 +247,13 @@ class Session:
             elif isinstance(item, EndOfAudio):
                 tail = decoder.finish()
                 results = (await stream.feed(tail) if len(tail) else []) + await stream.finish()
-                for result in results:
-                    await self._out_send.send(result)
-                await self._out_send.send(EndOfTranscript())
-                return
+                results.append(EndOfTranscript())
             else:
                 raise TypeError(f"unexpected item {item!r}")
             for result in results:
                 await self._out_send.send(result)
+            if isinstance(item, EndOfAudio):
+                return
 
     # --- writer -------------------------------------------------------------------------------------------
 
