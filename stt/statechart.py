@@ -203,7 +203,9 @@ def charts_dir() -> Path:
     beside = Path(__file__).resolve().parent.parent / "statecharts"
     if beside.is_dir():
         return beside
-    return Path(str(importlib.resources.files("stt.statecharts")))
+    # Through the regular package stt: stt.statecharts alone is a namespace package, whose files() is a
+    # MultiplexedPath, not a filesystem path.
+    return Path(str(importlib.resources.files("stt").joinpath("statecharts")))
 
 
 def chart_names() -> list[str]:
