@@ -1,4 +1,6 @@
-"""One connection: a nursery owning a reader, a decoder and a writer, joined by bounded memory channels.
+"""One connection: a reader, a decoder and a writer, joined by bounded memory channels, in two nested
+nurseries: the inner one (reader, decoder) is what an ending cancels; the writer, in the outer one, stops
+between frames by itself, so no frame is ever cut in half.
 
     reader  : ws -> dialect.receive -> events   (audio goes to the decoder; acks and warnings to the writer)
     decoder : audio -> stt.audio -> engine stream -> results
