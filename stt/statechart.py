@@ -169,9 +169,6 @@ class ChartMachine:
     def finished(self) -> bool:
         return self.state in self.chart.final
 
-    def can(self, event: str) -> bool:
-        return (self.state, event) in self._targets
-
     def fire(self, event: str) -> Outcome:
         """Apply a client event: Accepted and moved on, or Refused with the rule it breaks (state unchanged)."""
         source = self._model.state
