@@ -1,7 +1,6 @@
 """The session over in-memory streams, where time is virtual (autojump_clock): idle timeouts, back-pressure
 from a slow engine, and the grace period after the end of the transcript."""
 
-import json
 from contextlib import asynccontextmanager
 
 import attrs
@@ -17,11 +16,12 @@ from tests.helpers import kinds, receive_all, silence, start_message
 
 
 @asynccontextmanager
-async def session_pair(engine=None, limits=SessionLimits(), path="/v2"):
-    """A Server (no listener) handling one in-memory connection; yields (server, client websocket)."""
+async def session_pair(engine=None, limits=SessionLimits(), streams=None, path="/v2", **config):
+    """A Server (no listener) handling one in-memory connection; yields (server, client websocket).
+    `streams` is a (client, server) stream pair; by default an unbounded in-memory one."""
     engine = engine or InlineEngine("scripted", 16000, ScriptedRecognizer)
-    server = Server(ServerConfig(limits=limits), engine)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
+    server = Server(ServerConfig(limits=limits, **config), engine)
+    client_stream, server_stream = streams or trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
 
         async def serve_one():
@@ -153,15 +153,8 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(aut
     to_server_send, to_server_recv = trio.testing.memory_stream_one_way_pair()
     server_stream = trio.StapledStream(StallingSendStream(to_client_send, limit=2000), to_server_recv)
     client_stream = trio.StapledStream(to_server_send, to_client_recv)
-    engine = InlineEngine("scripted", 16000, ScriptedRecognizer)
-    server = Server(ServerConfig(limits=SessionLimits(send_timeout=10)), engine)
-    async with trio.open_nursery() as nursery:
-
-        async def serve_one():
-            await server.handle(await trio_websocket.wrap_server_stream(nursery, server_stream))
-
-        nursery.start_soon(serve_one)
-        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", "/v2")
+    async with session_pair(limits=SessionLimits(send_timeout=10), streams=(client_stream, server_stream)) as (
+            server, ws):
         await ws.send_message(start_message())
         for _ in range(200):  # the client sends and never reads
             await ws.send_message(silence(0.02))
@@ -170,23 +163,13 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(aut
             await trio.sleep(1)
         assert server.endings[("speechmatics", "dropped", "LC-END-002")] == 1
         assert trio.current_time() - start <= 3 * 10  # the send timeout, then a bounded close
-        nursery.cancel_scope.cancel()
 
 
 async def test_unauthorised_in_memory_too():
-    engine = InlineEngine("scripted", 16000, ScriptedRecognizer)
-    server = Server(ServerConfig(api_keys=("secret",)), engine)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-
-        async def serve_one():
-            await server.handle(await trio_websocket.wrap_server_stream(nursery, server_stream))
-
-        nursery.start_soon(serve_one)
-        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", "/v2")
+    async with session_pair(api_keys=("secret",)) as (server, ws):
         messages, code = await receive_all(ws)
         assert kinds(messages) == ["Error"] and code == 4001
-        assert json.loads(json.dumps(messages[0]))["type"] == "not_authorised"
+        assert messages[0]["type"] == "not_authorised"
 
 
 async def test_waiting_on_a_slow_engine_is_not_the_client_being_idle(autojump_clock):
