@@ -16,16 +16,14 @@ from stt.statechart import Rule
 
 # --- audio description ------------------------------------------------------------------------------------
 
-ENCODINGS = ("pcm_s16le", "pcm_f32le", "mulaw")
-
-
 @attrs.frozen
 class AudioFormat:
-    """How the client's audio bytes are laid out."""
+    """How the client's audio bytes are laid out (stt.audio decodes them)."""
 
-    encoding: str  # one of ENCODINGS
-    sample_rate: int
-    channels: int = 1
+    encoding: str  # a raw encoding (stt.audio.RAW_ENCODINGS), or "file": a container recognised from its bytes
+    sample_rate: int = 0  # raw only
+    channels: int = 1  # raw only
+    sniff: bool = False  # raw only: a container header at the start of the stream (RIFF, fLaC, ...) overrides
 
 
 # --- from the client ---------------------------------------------------------------------------------------

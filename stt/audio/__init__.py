@@ -1,10 +1,18 @@
-"""Turn what clients send into what engines want: mono int16 samples at the engine's rate.
+"""Turn what clients send into what engines want: int16 samples at the engine's rate, mono or per channel.
 
-    decoder = open_decoder(AudioFormat("mulaw", 8000), target_rate=16000)
-    samples = decoder.decode(frame_bytes)   # any split, even mid-sample
-    tail = decoder.finish()
+    with open_decoder(AudioFormat("mulaw", 8000), target_rate=16000) as decoder:
+        samples = decoder.decode(frame_bytes)   # any split, even mid-sample
+        tail = decoder.finish()
+
+    open_decoder(AudioFormat("file"), 16000)    # WAV, MP3, AAC, FLAC, Ogg, AMR, WebM, AIFF, MP4: from the bytes
+    open_decoder(AudioFormat("pcm_s16le", 16000, sniff=True), 16000)   # raw, unless a container header leads
+
+Raw codecs: stt.audio.pcm. WAV: stt.audio.wav. Compressed containers: stt.audio.container (PyAV/FFmpeg).
 """
 
-from stt.audio.pcm import AudioDecoder, UnsupportedAudio, open_decoder
+from stt.audio.decoder import ENCODINGS, AudioDecoder, RawReader, open_decoder
+from stt.audio.errors import BadAudio, UnsupportedAudio
+from stt.audio.pcm import RAW_ENCODINGS, raw_encoding
 
-__all__ = ["AudioDecoder", "UnsupportedAudio", "open_decoder"]
+__all__ = ["ENCODINGS", "RAW_ENCODINGS", "AudioDecoder", "BadAudio", "RawReader", "UnsupportedAudio",
+           "open_decoder", "raw_encoding"]

@@ -1,85 +1,97 @@
-"""Raw PCM codecs (signed 16-bit LE, 32-bit float LE, G.711 µ-law), mixing to mono, and resampling."""
+"""Raw sample codecs: bytes of whole samples -> float32 in [-1, 1), vectorised with numpy.
+
+Names follow FFmpeg's: pcm_s16le, pcm_u8, pcm_f32be, ... and the G.711 companders mulaw and alaw.
+`raw_encoding` builds a name from the parts a header or a tag set gives (kind, width, byte order).
+"""
 
 from __future__ import annotations
 
+import attrs
 import numpy as np
-import soxr
-
-from stt.events import AudioFormat
-
-
-class UnsupportedAudio(ValueError):
-    """The audio format cannot be decoded."""
 
 
 def _mulaw_table() -> np.ndarray:
-    """G.711 µ-law byte -> linear int16 (ITU-T G.711, as in Sun's g711.c)."""
+    """G.711 µ-law byte -> linear int16 (ITU-T G.711, as in Sun's g711.c ulaw2linear)."""
     u = ~np.arange(256, dtype=np.int32) & 0xFF
     t = ((u & 0x0F) << 3) + 0x84
     t <<= (u & 0x70) >> 4
     return np.where(u & 0x80, 0x84 - t, t - 0x84).astype(np.int16)
 
 
+def _alaw_table() -> np.ndarray:
+    """G.711 A-law byte -> linear int16 (ITU-T G.711, as in Sun's g711.c alaw2linear)."""
+    a = np.arange(256, dtype=np.int32) ^ 0x55
+    t = (a & 0x0F) << 4
+    seg = (a & 0x70) >> 4
+    t = np.where(seg == 0, t + 8, np.where(seg == 1, t + 0x108, (t + 0x108) << np.maximum(seg - 1, 0)))
+    return np.where(a & 0x80, t, -t).astype(np.int16)
+
+
 MULAW_TO_LINEAR = _mulaw_table()
-
-_SAMPLE_WIDTH = {"pcm_s16le": 2, "pcm_f32le": 4, "mulaw": 1}
-
-
-def _to_float(encoding: str, data: bytes) -> np.ndarray:
-    """Whole samples in `data` -> float32 in [-1, 1)."""
-    if encoding == "pcm_s16le":
-        return np.frombuffer(data, dtype="<i2").astype(np.float32) / 32768.0
-    if encoding == "pcm_f32le":
-        return np.nan_to_num(np.frombuffer(data, dtype="<f4").astype(np.float32))
-    return MULAW_TO_LINEAR[np.frombuffer(data, dtype=np.uint8)].astype(np.float32) / 32768.0
+ALAW_TO_LINEAR = _alaw_table()
 
 
-def _to_int16(samples: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
+@attrs.frozen
+class RawEncoding:
+    name: str
+    width: int  # bytes per sample
+    kind: str  # "signed", "unsigned", "float", "mulaw", "alaw"
+    big_endian: bool = False
+
+    def decode(self, data: bytes | bytearray | memoryview) -> np.ndarray:
+        """Whole samples -> float32 in [-1, 1) (float input is passed through, NaN and inf made finite)."""
+        order = ">" if self.big_endian else "<"
+        if self.kind == "mulaw":
+            return MULAW_TO_LINEAR[np.frombuffer(data, np.uint8)].astype(np.float32) / 32768.0
+        if self.kind == "alaw":
+            return ALAW_TO_LINEAR[np.frombuffer(data, np.uint8)].astype(np.float32) / 32768.0
+        if self.kind == "float":
+            samples = np.frombuffer(data, f"{order}f{self.width}").astype(np.float32)
+            return np.nan_to_num(samples, nan=0.0, posinf=1.0, neginf=-1.0)
+        if self.kind == "unsigned":  # only 8-bit is unsigned in practice (WAV's 8-bit PCM)
+            return (np.frombuffer(data, np.uint8).astype(np.float32) - 128.0) / 128.0
+        if self.width == 3:  # 24-bit: widen to 32 by putting each sample in the top three bytes
+            raw = np.frombuffer(data, np.uint8).reshape(-1, 3)
+            wide = np.zeros((len(raw), 4), np.uint8)
+            if self.big_endian:
+                wide[:, :3] = raw
+                samples = wide.view(">i4")[:, 0]
+            else:
+                wide[:, 1:] = raw
+                samples = wide.view("<i4")[:, 0]
+            return samples.astype(np.float32) / 2.0**31
+        samples = np.frombuffer(data, f"{order}i{self.width}")
+        return samples.astype(np.float32) / np.float32(2.0 ** (8 * self.width - 1))
 
 
-class AudioDecoder:
-    """Streams bytes of one format into mono int16 at `target_rate`; bytes may split anywhere."""
-
-    def __init__(self, fmt: AudioFormat, target_rate: int):
-        if fmt.encoding not in _SAMPLE_WIDTH:
-            raise UnsupportedAudio(f"unsupported encoding {fmt.encoding!r}")
-        if fmt.channels < 1 or fmt.sample_rate <= 0:
-            raise UnsupportedAudio(f"bad format {fmt}")
-        self.format = fmt
-        self.target_rate = target_rate
-        self._frame_bytes = _SAMPLE_WIDTH[fmt.encoding] * fmt.channels
-        self._carry = b""
-        self._resampler = (
-            soxr.ResampleStream(fmt.sample_rate, target_rate, 1, dtype="float32", quality="HQ")
-            if fmt.sample_rate != target_rate
-            else None
-        )
-        self.samples_in = 0  # input frames (per channel) decoded so far
-        self._passthrough = fmt.encoding == "pcm_s16le" and fmt.channels == 1 and self._resampler is None
-
-    def decode(self, data: bytes) -> np.ndarray:
-        if self._passthrough and not self._carry and len(data) % 2 == 0:  # the common case: nothing to do
-            self.samples_in += len(data) // 2
-            return np.frombuffer(data, dtype="<i2").astype(np.int16)
-        data = self._carry + data
-        whole = len(data) - len(data) % self._frame_bytes
-        self._carry = data[whole:]
-        samples = _to_float(self.format.encoding, data[:whole])
-        if self.format.channels > 1:
-            samples = samples.reshape(-1, self.format.channels).mean(axis=1)
-        self.samples_in += len(samples)
-        if self._resampler is not None:
-            samples = self._resampler.resample_chunk(samples)
-        return _to_int16(samples)
-
-    def finish(self) -> np.ndarray:
-        """The resampler's delayed tail; a trailing partial sample is dropped."""
-        self._carry = b""
-        if self._resampler is None:
-            return np.zeros(0, dtype=np.int16)
-        return _to_int16(self._resampler.resample_chunk(np.zeros(0, dtype=np.float32), last=True))
+def _encodings() -> dict[str, RawEncoding]:
+    table = {
+        "pcm_s8": RawEncoding("pcm_s8", 1, "signed"),
+        "pcm_u8": RawEncoding("pcm_u8", 1, "unsigned"),
+        "mulaw": RawEncoding("mulaw", 1, "mulaw"),
+        "alaw": RawEncoding("alaw", 1, "alaw"),
+    }
+    for width in (2, 3, 4):
+        for suffix, big in (("le", False), ("be", True)):
+            name = f"pcm_s{8 * width}{suffix}"
+            table[name] = RawEncoding(name, width, "signed", big)
+    for width in (4, 8):
+        for suffix, big in (("le", False), ("be", True)):
+            name = f"pcm_f{8 * width}{suffix}"
+            table[name] = RawEncoding(name, width, "float", big)
+    return table
 
 
-def open_decoder(fmt: AudioFormat, target_rate: int) -> AudioDecoder:
-    return AudioDecoder(fmt, target_rate)
+#: Every raw encoding by name.
+RAW_ENCODINGS: dict[str, RawEncoding] = _encodings()
+
+
+def raw_encoding(kind: str, width: int, big_endian: bool = False) -> RawEncoding | None:
+    """The encoding a header or tag set describes, or None if there is no such encoding."""
+    for enc in RAW_ENCODINGS.values():
+        if enc.kind == kind and enc.width == width and (width == 1 or enc.big_endian == big_endian):
+            return enc
+    return None
+
+
+__all__ = ["ALAW_TO_LINEAR", "MULAW_TO_LINEAR", "RAW_ENCODINGS", "RawEncoding", "raw_encoding"]

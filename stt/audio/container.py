@@ -1,0 +1,203 @@
+"""Compressed containers (MP3, AAC, FLAC, Ogg Opus/Vorbis, AMR, WebM/Matroska, AIFF, MP4/M4A) decoded with
+PyAV, whose wheels bundle FFmpeg's libraries: nothing to install beside the package.
+
+FFmpeg's demuxers pull bytes through a read callback and cannot stop half-way and resume later, while our
+bytes arrive whenever the client sends them. So each streamed container gets one thread that runs the
+demuxer and decoder, and a hand-off on a condition variable: `feed` gives the thread the new bytes and
+waits until it has decoded all it can and is blocked asking for more (or has ended). Each call therefore
+returns every sample its bytes completed, as a synchronous decoder would, and the thread never runs ahead
+of or behind the caller. `close` ends the thread: its next read returns end-of-file.
+
+MP4/M4A/MOV keep their index (`moov`) where the writer chose, usually at the end, and the demuxer must seek
+to it, so those files are collected whole and decoded on `finish` (up to `max_file_bytes`).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+
+import av
+import numpy as np
+
+from stt.audio.errors import BadAudio
+
+log = logging.getLogger("stt.audio")
+
+#: Containers that must be complete before they can be decoded.
+WHOLE_FILE = frozenset({"mp4"})
+
+#: Our container names -> FFmpeg demuxer names (None: let FFmpeg probe).
+_DEMUXER = {"flac": "flac", "ogg": "ogg", "mp3": "mp3", "aac": "aac", "id3": None, "mp4": "mp4", "amr": "amr",
+            "matroska": "matroska", "aiff": "aiff", "wav": "wav"}
+
+_SCALE = {"u8": None, "s16": 1 / 32768.0, "s32": 1 / 2.0**31, "s64": 1 / 2.0**63, "flt": 1.0, "dbl": 1.0}
+
+
+def frame_samples(frame: av.AudioFrame) -> np.ndarray:
+    """An FFmpeg audio frame -> float32 (samples, channels) in [-1, 1)."""
+    channels = frame.layout.nb_channels
+    data = frame.to_ndarray()
+    data = data.T if frame.format.is_planar else data.reshape(-1, channels)
+    data = data[: frame.samples]
+    base = frame.format.name.rstrip("p")
+    if base == "u8":
+        return (data.astype(np.float32) - 128.0) / 128.0
+    return data.astype(np.float32) * np.float32(_SCALE[base])
+
+
+class _Feed:
+    """The read side FFmpeg sees: a non-seekable file whose read blocks until the caller feeds more."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.pending = bytearray()
+        self.eof = False  # no more bytes will come
+        self.starved = False  # the thread is blocked in read with nothing pending
+        self.done = False  # the thread has ended
+        self.error: BaseException | None = None
+        self.output: list[np.ndarray] = []
+
+    def read(self, n: int) -> bytes:
+        with self.cond:
+            while not self.pending and not self.eof:
+                self.starved = True
+                self.cond.notify_all()
+                self.cond.wait()
+            self.starved = False
+            data = bytes(self.pending[:n])
+            del self.pending[:n]
+            return data
+
+
+class ContainerReader:
+    """feed(bytes) -> float32 frames (n, channels), decoded by FFmpeg as the bytes stream in."""
+
+    def __init__(self, container: str, *, max_file_bytes: int = 256 << 20) -> None:
+        if container not in _DEMUXER:
+            raise ValueError(f"unknown container {container!r}")
+        self.container = container
+        self.sample_rate: int | None = None
+        self.channels: int | None = None
+        self.max_file_bytes = max_file_bytes
+        self.samples_out = 0
+        self._whole = bytearray() if container in WHOLE_FILE else None
+        self._feed: _Feed | None = None
+        self._thread: threading.Thread | None = None
+
+    # --- the caller's side ----------------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> np.ndarray:
+        if self._whole is not None:
+            if len(self._whole) + len(data) > self.max_file_bytes:
+                raise BadAudio(f"{self.container} files are decoded whole, and this one is over "
+                               f"{self.max_file_bytes >> 20} MiB")
+            self._whole += data
+            return self._empty()
+        if self._thread is None:
+            self._start()
+        return self._hand_over(data, last=False)
+
+    def finish(self) -> np.ndarray:
+        if self._whole is not None:
+            out = self._decode_whole()
+        elif self._thread is None:
+            out = self._empty()
+        else:
+            out = self._hand_over(b"", last=True)
+            self._thread.join()
+        if self.samples_out == 0:
+            raise BadAudio(f"no audio could be decoded from the {self.container} stream")
+        return out
+
+    def close(self) -> None:
+        """Stop the thread (if any); safe to call at any time, more than once."""
+        self._whole = None
+        feed = self._feed
+        if feed is not None:
+            with feed.cond:
+                feed.eof = True
+                feed.pending.clear()
+                feed.cond.notify_all()
+            self._thread.join(timeout=2.0)
+            if self._thread.is_alive():  # only a stuck FFmpeg could do this; the thread is a daemon
+                log.warning("audio decoder thread for %s did not stop", self.container)
+
+    # --- the hand-off ---------------------------------------------------------------------------------------
+
+    def _start(self) -> None:
+        self._feed = _Feed()
+        self._thread = threading.Thread(target=self._run, name=f"stt-audio-{self.container}", daemon=True)
+        self._thread.start()
+
+    def _hand_over(self, data: bytes, *, last: bool) -> np.ndarray:
+        feed = self._feed
+        with feed.cond:
+            if feed.error is None and not feed.done:
+                feed.pending += data
+                feed.eof = feed.eof or last
+                feed.starved = False
+                feed.cond.notify_all()
+                while not feed.done and not (feed.starved and not feed.pending and not feed.eof):
+                    feed.cond.wait()
+            output, feed.output = feed.output, []
+            error = feed.error
+        if error is not None:
+            raise BadAudio(f"the {self.container} audio could not be decoded: {error}") from error
+        return self._collect(output)
+
+    def _run(self) -> None:
+        feed = self._feed
+        try:
+            with av.open(feed, "r", format=_DEMUXER[self.container]) as container:
+                self._decode_all(container, feed)
+        except Exception as exc:  # FFmpeg's errors are av.error.FFmpegError (an OSError), and ValueError
+            with feed.cond:
+                feed.error = exc
+        finally:
+            with feed.cond:
+                feed.done = True
+                feed.cond.notify_all()
+
+    def _decode_all(self, container, feed: _Feed | None) -> list[np.ndarray] | None:
+        if not container.streams.audio:
+            raise BadAudio("the file has no audio stream")
+        collected = []
+        for frame in container.decode(audio=0):
+            samples = frame_samples(frame)
+            if self.sample_rate is None:
+                self.sample_rate, self.channels = frame.sample_rate, samples.shape[1]
+            elif (frame.sample_rate, samples.shape[1]) != (self.sample_rate, self.channels):
+                raise BadAudio(f"the stream changes from {self.channels} channels at {self.sample_rate} Hz to "
+                               f"{samples.shape[1]} at {frame.sample_rate} Hz, which is not supported")
+            if feed is None:
+                collected.append(samples)
+            else:
+                with feed.cond:
+                    feed.output.append(samples)
+        return collected
+
+    def _decode_whole(self) -> np.ndarray:
+        data, self._whole = bytes(self._whole), None
+        try:
+            with av.open(io.BytesIO(data), "r", format=_DEMUXER[self.container]) as container:
+                output = self._decode_all(container, None)
+        except BadAudio:
+            raise
+        except Exception as exc:
+            raise BadAudio(f"the {self.container} audio could not be decoded: {exc}") from exc
+        return self._collect(output)
+
+    def _collect(self, output: list[np.ndarray]) -> np.ndarray:
+        if not output:
+            return self._empty()
+        samples = output[0] if len(output) == 1 else np.concatenate(output)
+        self.samples_out += len(samples)
+        return samples
+
+    def _empty(self) -> np.ndarray:
+        return np.zeros((0, self.channels or 1), np.float32)
+
+
+__all__ = ["ContainerReader", "WHOLE_FILE", "frame_samples"]
