@@ -37,7 +37,7 @@ _SCALE = {"u8": None, "s16": 1 / 32768.0, "s32": 1 / 2.0**31, "s64": 1 / 2.0**63
 
 def frame_samples(frame: av.AudioFrame) -> np.ndarray:
     """An FFmpeg audio frame -> float32 (samples, channels) in [-1, 1)."""
-    channels = frame.layout.nb_channels
+    channels = len(frame.layout.channels)
     data = frame.to_ndarray()
     data = data.T if frame.format.is_planar else data.reshape(-1, channels)
     data = data[: frame.samples]
