@@ -22,7 +22,7 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
-from stt.audio import UnsupportedAudio, open_decoder
+from stt.audio import BadAudio, UnsupportedAudio, open_decoder
 from stt.dialects.base import Dialect
 from stt.engines.base import Engine, StreamSettings
 from stt.events import (
@@ -54,6 +54,7 @@ class SessionLimits:
     audio_queue: int = 8  # audio frames between reader and decoder
     result_queue: int = 64  # frames between decoder/reader and writer
     max_batch_bytes: int = 64 * 1024  # audio the decoder coalesces into one engine call
+    max_file_bytes: int = 64 << 20  # an MP4/M4A file, which is decoded whole, may be at most this large
 
 
 @attrs.frozen
@@ -205,17 +206,20 @@ class Session:
         config = await self._audio_recv.receive()
         assert isinstance(config, Configure)
         try:
-            decoder = open_decoder(config.audio, self.engine.sample_rate)
+            decoder = open_decoder(config.audio, self.engine.sample_rate, max_file_bytes=self.limits.max_file_bytes)
         except UnsupportedAudio as exc:  # dialects validate formats; this is a server bug if it happens
             self._end("internal_error", str(exc))
             return
         settings = StreamSettings(config.language, config.partials, config.max_delay)
         try:
-            async with self.engine.open_stream(settings) as stream:
-                self.lifecycle.advance("ready")
-                await self._out_send.send(SessionStarted(self.id, config))
-                self._ready.set()
-                await self._decode(stream, decoder)
+            with decoder:  # a compressed container's decoder thread stops here, however the session ends
+                async with self.engine.open_stream(settings) as stream:
+                    self.lifecycle.advance("ready")
+                    await self._out_send.send(SessionStarted(self.id, config))
+                    self._ready.set()
+                    await self._decode(stream, decoder)
+        except BadAudio as exc:
+            self._end("bad_audio", str(exc))
         except Exception as exc:
             log.exception("session %s: recognizer failed", self.id)
             self._end("internal_error", f"recognizer failed: {type(exc).__name__}")
@@ -240,14 +244,14 @@ class Session:
                     size += len(nxt.data)
                 if self.lifecycle.state == "listening":
                     self.lifecycle.advance("audio")
-                results = await stream.feed(decoder.decode(b"".join(chunks)))
+                results = await stream.feed(await self._run_decoder(decoder.decode, b"".join(chunks)))
             elif isinstance(item, Reconfigure):
                 await stream.configure(partials=item.partials, max_delay=item.max_delay)
                 results = []
             elif isinstance(item, Flush):
                 results = await stream.flush()
             elif isinstance(item, EndOfAudio):
-                tail = decoder.finish()
+                tail = await self._run_decoder(decoder.finish)
                 results = (await stream.feed(tail) if len(tail) else []) + await stream.finish()
                 results.append(EndOfTranscript())
             else:
@@ -256,6 +260,14 @@ class Session:
                 await self._out_send.send(result)
             if isinstance(item, EndOfAudio):
                 return
+
+    @staticmethod
+    async def _run_decoder(method, *args):
+        """Raw audio decodes in microseconds, here; FFmpeg's containers take milliseconds, in a worker thread
+        (not abandoned on cancel: the session closes the decoder only after the call returns)."""
+        if not method.__self__.slow:
+            return method(*args)
+        return await trio.to_thread.run_sync(method, *args)
 
     # --- writer -------------------------------------------------------------------------------------------
 

@@ -34,6 +34,7 @@ ENDINGS = (
     "idle_timeout",  # nothing arrived from the client for too long
     "unauthorised",  # missing or wrong API key
     "message_too_large",  # a frame over the size limit
+    "bad_audio",  # the client's audio does not decode as the format it declared
     "shutdown",  # the server is going away
 )
 

@@ -69,3 +69,43 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
     with trio.fail_after(timeout):
         while not predicate():
             await trio.sleep(0.01)
+
+
+def encode_audio(samples: np.ndarray, rate: int, container: str, codec: str, *, codec_rate: int | None = None,
+                 bit_rate: int | None = None, layout: str = "mono") -> bytes:
+    """int16 samples (n,) or (n, channels) at `rate` -> the bytes of a file, encoded with PyAV (FFmpeg).
+
+    codec_rate resamples for codecs that need it (Opus 48 kHz, AMR-NB 8 kHz)."""
+    import io
+
+    import av
+
+    samples = np.asarray(samples, dtype=np.int16)
+    packed = samples.reshape(1, -1)  # s16 is packed: channels interleaved in one row
+    out_rate = codec_rate or rate
+    buf = io.BytesIO()
+    with av.open(buf, "w", format=container) as output:
+        stream = output.add_stream(codec, rate=out_rate)
+        stream.layout = layout
+        if bit_rate:
+            stream.bit_rate = bit_rate
+        frame = av.AudioFrame.from_ndarray(packed, format="s16", layout=layout)
+        frame.sample_rate = rate
+        resampler = av.AudioResampler(format=stream.codec_context.format, layout=layout, rate=out_rate)
+        for resampled in [*resampler.resample(frame), *resampler.resample(None)]:
+            output.mux(stream.encode(resampled))
+        output.mux(stream.encode(None))
+    return buf.getvalue()
+
+
+def feed_in_chunks(decoder, data: bytes, sizes: list[int]) -> np.ndarray:
+    """Feed `data` to an audio decoder in chunks of the given sizes, in turn, then finish; the samples, joined
+    along time (the last axis: mono is 1-D, split channels 2-D)."""
+    out, i, k = [], 0, 0
+    while i < len(data):
+        n = sizes[k % len(sizes)]
+        out.append(decoder.decode(data[i:i + n]))
+        i, k = i + n, k + 1
+    out.append(decoder.finish())
+    out = [o for o in out if o.shape[-1]]
+    return np.concatenate(out, axis=-1) if out else np.zeros(0, np.int16)

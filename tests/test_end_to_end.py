@@ -13,7 +13,7 @@ import trio
 from stt.engines.base import StreamSettings
 from stt.events import Final
 from stt.wer import wer
-from tests.helpers import running_server, wait_until
+from tests.helpers import encode_audio, running_server, wait_until
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCES = {
@@ -23,11 +23,14 @@ REFERENCES = {
 CLIENT = [sys.executable, "-W", "ignore", "-c", "import sys; from speechmatics.cli import main; sys.exit(main())"]
 
 
-async def transcribe_with_the_vendor_client(port: int, wav: Path, *extra: str) -> list[dict]:
-    """Run the command of the README against the server; return the messages it printed."""
+RAW = ("--raw", "pcm_s16le", "--sample-rate", "16000")
+
+
+async def transcribe_with_the_vendor_client(port: int, wav: Path, *extra: str, audio: tuple = RAW) -> list[dict]:
+    """Run the command of the README against the server; return the messages it printed.
+    With audio=() the client sends the file as it is, as audio_format {"type": "file"}."""
     command = CLIENT + ["rt", "transcribe", "--url", f"ws://127.0.0.1:{port}/v2", "--ssl-mode", "none",
-                        "--raw", "pcm_s16le", "--sample-rate", "16000", "--enable-partials", "--print-json",
-                        *extra, str(wav)]
+                        *audio, "--enable-partials", "--print-json", *extra, str(wav)]
     with trio.fail_after(120):
         done = await trio.run_process(command, capture_stdout=True, capture_stderr=True, check=False)
     assert done.returncode == 0, done.stderr.decode()[-2000:]
@@ -88,3 +91,90 @@ async def test_vendor_client_transcribes_real_speech_as_well_as_the_engine_offli
     assert all(0 <= w["alternatives"][0]["confidence"] <= 1 for w in words)
     starts = [w["start_time"] for w in words]
     assert starts == sorted(starts)
+
+
+# --- the same speech in every container the client can send as a file -----------------------------------------
+
+#: Every real recording in tests/data, in the order of refs.tsv: 96 words, 43 s with the gaps.
+CORPUS = list(REFERENCES)
+
+#: name -> (container, codec, codec rate, bit rate); bit rates are common choices for speech.
+FILES = {
+    "wav": None,
+    "flac": ("flac", "flac", None, None),
+    "mp3": ("mp3", "libmp3lame", None, 64_000),
+    "ogg": ("ogg", "libopus", 48_000, 32_000),
+    "aac": ("adts", "aac", None, 64_000),
+    "m4a": ("mp4", "aac", None, 64_000),
+    "webm": ("webm", "libopus", 48_000, 32_000),
+}
+
+
+def corpus_samples() -> np.ndarray:
+    gap = np.zeros(8000, np.int16)  # half a second between recordings
+    parts = []
+    for name in CORPUS:
+        with wave.open(str(DATA / name)) as f:
+            parts += [np.frombuffer(f.readframes(f.getnframes()), "<i2"), gap]
+    return np.concatenate(parts)
+
+
+def codec_delay(data: bytes, samples: np.ndarray) -> int:
+    """Samples a lossy codec puts before the audio (AAC's 1024 priming samples, which a bare ADTS stream
+    cannot tell the decoder to drop): the lag, up to 4096, that best aligns the decoded file with the source."""
+    from stt.audio import open_decoder
+    from stt.events import AudioFormat
+
+    with open_decoder(AudioFormat("file"), 16000) as decoder:
+        decoded = np.concatenate([decoder.decode(data), decoder.finish()]).astype(np.float64)
+    source = samples[16000:48000].astype(np.float64)  # two seconds of speech, a second in
+    scores = [np.dot(decoded[16000 + lag : 48000 + lag], source) for lag in range(4096)]
+    return int(np.argmax(scores))
+
+
+async def test_every_container_transcribes_within_005_wer_of_raw_pcm(tmp_path):
+    """The vendor client sends the same speech as raw PCM (--raw) and as each file (audio_format "file").
+
+    Lossless files must give the raw transcript word for word. Lossy ones may differ by no more than 0.05
+    WER against the reference. pocketsphinx is sensitive to where its 10 ms frames fall: shifting raw PCM by
+    a few dozen samples alone moves its WER on this corpus by up to 0.03. So a codec that delays the audio
+    (AAC by 1024 samples) is compared with raw PCM delayed by as much: the same recording, in time."""
+    samples = corpus_samples()
+    reference = " ".join(REFERENCES[name] for name in CORPUS)
+    paths, baseline = {}, {}
+    for name, spec in FILES.items():
+        paths[name] = tmp_path / f"corpus.{name}"
+        if spec is None:
+            with wave.open(str(paths[name]), "wb") as f:
+                f.setnchannels(1), f.setsampwidth(2), f.setframerate(16000)
+                f.writeframes(samples.tobytes())
+            delay = 0
+        else:
+            container, codec, codec_rate, bit_rate = spec
+            data = encode_audio(samples, 16000, container, codec, codec_rate=codec_rate, bit_rate=bit_rate)
+            paths[name].write_bytes(data)
+            delay = codec_delay(data, samples)
+        baseline[name] = f"raw+{delay}"
+        if baseline[name] not in paths:
+            paths[baseline[name]] = tmp_path / f"corpus+{delay}.raw"
+            paths[baseline[name]].write_bytes(np.concatenate([np.zeros(delay, np.int16), samples]).tobytes())
+    transcripts = {}
+    limiter = trio.CapacityLimiter(2)  # as many clients as decode workers
+
+    async def run(name: str, server) -> None:
+        async with limiter:
+            messages = await transcribe_with_the_vendor_client(
+                server.port, paths[name], audio=RAW if name.startswith("raw") else ())
+        transcripts[name] = final_text(messages)
+
+    async with running_server(engine="sphinx", decode_workers=2) as server:
+        async with trio.open_nursery() as nursery:
+            for name in paths:
+                nursery.start_soon(run, name, server)
+        await wait_until(lambda: server.endings[("speechmatics", "normal", "LC-END-001")] == len(paths))
+    rates = {name: wer(reference, text) for name, text in transcripts.items()}
+    print("WER by container: " + ", ".join(f"{name} {rates[name]:.3f} ({baseline[name]} {rates[baseline[name]]:.3f})"
+                                           for name in FILES))
+    assert transcripts["wav"] == transcripts["raw+0"] and transcripts["flac"] == transcripts["raw+0"]
+    assert {name: (rates[name], rates[baseline[name]]) for name in FILES
+            if abs(rates[name] - rates[baseline[name]]) > 0.05} == {}

@@ -1,14 +1,19 @@
 """The server over real localhost sockets with the scripted engine: the Speechmatics exchange, and every way
 a session can go wrong ending in the chart's error and close code while the server goes on serving."""
 
+import io
 import json
+import struct
+import threading
+import wave
 
+import numpy as np
 import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
 from stt.session import SessionLimits
-from tests.helpers import connect, frames_of, kinds, receive_all, running_server, silence, start_message, wait_until
+from tests.helpers import connect, encode_audio, frames_of, kinds, receive_all, running_server, silence, start_message, wait_until
 
 
 async def stream(ws, seconds: float, frame_bytes: int = 640) -> int:
@@ -233,3 +238,88 @@ async def test_many_concurrent_sessions_each_get_their_own_transcript():
         expected = {0: "one two", 1: "one two three", 2: "one two three four"}
         assert results == {i: expected[i % 3] for i in range(30)}
         await wait_until(lambda: not server.sessions)
+
+
+FILE_START = json.dumps({"message": "StartRecognition", "audio_format": {"type": "file"},
+                         "transcription_config": {"language": "en"}})
+
+
+def wav_file(samples: np.ndarray, rate: int, channels: int = 1) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as f:
+        f.setnchannels(channels), f.setsampwidth(2), f.setframerate(rate)
+        f.writeframes(samples.astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+async def send_file(ws, data: bytes, frame_bytes: int = 4096) -> int:
+    frames = frames_of(data, frame_bytes)
+    for frame in frames:
+        await ws.send_message(frame)
+    await ws.send_message(json.dumps({"message": "EndOfStream", "last_seq_no": len(frames)}))
+    return len(frames)
+
+
+@pytest.mark.parametrize("kind", ["wav-8k-stereo", "flac-44k", "mp3-16k"])
+async def test_a_file_is_recognised_from_its_bytes_and_decoded_as_it_streams(kind):
+    """2 s of audio in a file: the scripted engine counts 2 s of samples at its own rate, whatever the file."""
+    rate = {"wav-8k-stereo": 8000, "flac-44k": 44100, "mp3-16k": 16000}[kind]
+    quiet = (np.sin(np.arange(2 * rate) * 0.05) * 1000).astype(np.int16)
+    if kind == "wav-8k-stereo":
+        data = wav_file(np.stack([quiet, quiet], axis=1), rate, channels=2)
+    elif kind == "flac-44k":
+        data = encode_audio(quiet, rate, "flac", "flac")
+    else:
+        data = encode_audio(quiet, rate, "mp3", "libmp3lame")
+    async with running_server() as server, connect(server) as ws:
+        await ws.send_message(FILE_START)
+        await receive_all(ws, until="Info")
+        await send_file(ws, data, frame_bytes=1000)
+        messages, _ = await receive_all(ws, until="EndOfTranscript")
+    finals = [m["metadata"]["transcript"] for m in messages if m["message"] == "AddTranscript"]
+    # An MP3 decoder adds up to a frame of padding (1152 samples, 72 ms): still four words, no fifth.
+    assert finals == ["one two three four"]
+
+
+@pytest.mark.parametrize("data, detail", [
+    (b"this is not audio at all, just text" * 100, "unrecognised audio file"),
+    (b"fLaC" + bytes(range(256)) * 64, "flac audio could not be decoded"),
+    (b"RIFF\x24\x00\x00\x00WAVEfmt " + struct.pack("<IHHIIHH", 16, 0x55, 1, 16000, 4000, 1, 0), "tag 0x0055"),
+])
+async def test_audio_that_does_not_decode_is_a_job_error_and_the_server_goes_on(data, detail):
+    async with running_server() as server:
+        async with connect(server) as ws:
+            await ws.send_message(FILE_START)
+            await receive_all(ws, until="Info")
+            for frame in frames_of(data, 4096):
+                await ws.send_message(frame)
+            await ws.send_message('{"message":"EndOfStream","last_seq_no":%d}' % len(frames_of(data, 4096)))
+            messages, code = await receive_all(ws)
+        error = messages[-1]
+        assert error["message"] == "Error" and error["type"] == "job_error" and code == 4013
+        assert "Please check that your audio format is supported" in error["reason"] and detail in error["reason"]
+        assert server.endings[("speechmatics", "bad_audio", "SM-AUDIO-001")] == 1
+        async with connect(server) as ws:  # the next session is served
+            await ws.send_message(start_message())
+            assert kinds((await receive_all(ws, until="RecognitionStarted"))[0]) == ["RecognitionStarted"]
+
+
+def decoder_threads() -> list[str]:
+    return [t.name for t in threading.enumerate() if t.name.startswith("stt-audio-")]
+
+
+async def test_a_dropped_connection_mid_file_leaves_no_decoder_thread():
+    data = encode_audio((np.sin(np.arange(64000) * 0.05) * 1000).astype(np.int16), 16000, "ogg", "libopus",
+                        codec_rate=48000)
+    async with running_server() as server:
+        # A deep client queue: the acks pile up unread, and trio-websocket's own close would wait on them.
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2", message_queue_size=100) as ws:
+            await ws.send_message(FILE_START)
+            await receive_all(ws, until="Info")
+            for frame in frames_of(data[: len(data) // 2], 1000):
+                await ws.send_message(frame)
+            await wait_until(lambda: decoder_threads())  # the Ogg decoder is running
+            await ws._stream.aclose()  # the TCP connection vanishes mid-file
+        await wait_until(lambda: not server.sessions)
+        await wait_until(lambda: not decoder_threads())
+        assert server.endings[("speechmatics", "dropped", "LC-END-002")] == 1

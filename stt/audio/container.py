@@ -32,6 +32,9 @@ WHOLE_FILE = frozenset({"mp4"})
 _DEMUXER = {"flac": "flac", "ogg": "ogg", "mp3": "mp3", "aac": "aac", "id3": None, "mp4": "mp4", "amr": "amr",
             "matroska": "matroska", "aiff": "aiff", "wav": "wav"}
 
+_OPEN_OPTIONS = {"probesize": "32"}
+_MAX_BAD_PACKETS = 3  # consecutive packets that fail to decode before the stream counts as not audio
+
 _SCALE = {"u8": None, "s16": 1 / 32768.0, "s32": 1 / 2.0**31, "s64": 1 / 2.0**63, "flt": 1.0, "dbl": 1.0}
 
 
@@ -74,7 +77,7 @@ class _Feed:
 class ContainerReader:
     """feed(bytes) -> float32 frames (n, channels), decoded by FFmpeg as the bytes stream in."""
 
-    def __init__(self, container: str, *, max_file_bytes: int = 256 << 20) -> None:
+    def __init__(self, container: str, *, max_file_bytes: int = 64 << 20) -> None:
         if container not in _DEMUXER:
             raise ValueError(f"unknown container {container!r}")
         self.container = container
@@ -92,7 +95,7 @@ class ContainerReader:
         if self._whole is not None:
             if len(self._whole) + len(data) > self.max_file_bytes:
                 raise BadAudio(f"{self.container} files are decoded whole, and this one is over "
-                               f"{self.max_file_bytes >> 20} MiB")
+                               f"{self.max_file_bytes} bytes")
             self._whole += data
             return self._empty()
         if self._thread is None:
@@ -150,11 +153,17 @@ class ContainerReader:
     def _run(self) -> None:
         feed = self._feed
         try:
-            with av.open(feed, "r", format=_DEMUXER[self.container]) as container:
+            # probesize: FFmpeg reads up to this much before the first frame to learn the stream's parameters;
+            # its default (5 MB) holds back seconds of a stream. The codec headers fill in what it skips.
+            with av.open(feed, "r", format=_DEMUXER[self.container], options=_OPEN_OPTIONS) as container:
                 self._decode_all(container, feed)
         except Exception as exc:  # FFmpeg's errors are av.error.FFmpegError (an OSError), and ValueError
             with feed.cond:
-                feed.error = exc
+                if feed.eof and self.sample_rate is not None and not isinstance(exc, BadAudio):
+                    # A file cut short: its last packet is incomplete. Everything before it was decoded.
+                    log.info("%s stream ends in an incomplete packet: %s", self.container, exc)
+                else:
+                    feed.error = exc
         finally:
             with feed.cond:
                 feed.done = True
@@ -164,19 +173,33 @@ class ContainerReader:
         if not container.streams.audio:
             raise BadAudio("the file has no audio stream")
         collected = []
-        for frame in container.decode(audio=0):
-            samples = frame_samples(frame)
-            if self.sample_rate is None:
-                self.sample_rate, self.channels = frame.sample_rate, samples.shape[1]
-            elif (frame.sample_rate, samples.shape[1]) != (self.sample_rate, self.channels):
-                raise BadAudio(f"the stream changes from {self.channels} channels at {self.sample_rate} Hz to "
-                               f"{samples.shape[1]} at {frame.sample_rate} Hz, which is not supported")
-            if feed is None:
-                collected.append(samples)
-            else:
-                with feed.cond:
-                    feed.output.append(samples)
+        stream, bad_packets = container.streams.audio[0], 0
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                # A damaged frame is skipped, as FFmpeg's own tools do; a run of them is not audio at all.
+                bad_packets += 1
+                if bad_packets > _MAX_BAD_PACKETS:
+                    raise
+                continue
+            bad_packets = 0
+            for frame in frames:
+                self._emit(frame, feed, collected)
         return collected
+
+    def _emit(self, frame: av.AudioFrame, feed: _Feed | None, collected: list) -> None:
+        samples = frame_samples(frame)
+        if self.sample_rate is None:
+            self.sample_rate, self.channels = frame.sample_rate, samples.shape[1]
+        elif (frame.sample_rate, samples.shape[1]) != (self.sample_rate, self.channels):
+            raise BadAudio(f"the stream changes from {self.channels} channels at {self.sample_rate} Hz to "
+                           f"{samples.shape[1]} at {frame.sample_rate} Hz, which is not supported")
+        if feed is None:
+            collected.append(samples)
+        else:
+            with feed.cond:
+                feed.output.append(samples)
 
     def _decode_whole(self) -> np.ndarray:
         data, self._whole = bytes(self._whole), None

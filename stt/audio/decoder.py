@@ -46,6 +46,15 @@ class RawReader:
         pass
 
 
+def _mix(frames: np.ndarray) -> np.ndarray:
+    """The mean of the channels (a column at a time: ndarray.mean over a short inner axis is 30x slower)."""
+    out = frames[:, 0].copy()
+    for c in range(1, frames.shape[1]):
+        out += frames[:, c]
+    out *= np.float32(1.0 / frames.shape[1])
+    return out
+
+
 class _Output:
     """float32 frames at the source rate -> int16 at the target rate, mixed to mono or kept per channel."""
 
@@ -63,7 +72,7 @@ class _Output:
         if self.split:
             samples = np.ascontiguousarray(frames)
         else:
-            samples = frames[:, 0] if self.channels == 1 else frames.mean(axis=1, dtype=np.float32)
+            samples = frames[:, 0] if self.channels == 1 else _mix(frames)
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(np.ascontiguousarray(samples), last=last)
         out = np.clip(np.rint(samples * 32768.0), -32768, 32767).astype(np.int16)
@@ -79,7 +88,7 @@ class AudioDecoder:
     """
 
     def __init__(self, fmt: AudioFormat, target_rate: int, *, split_channels: bool = False,
-                 max_file_bytes: int = 256 << 20) -> None:
+                 max_file_bytes: int = 64 << 20) -> None:
         if fmt.encoding != "file":
             if fmt.encoding not in RAW_ENCODINGS:
                 raise UnsupportedAudio(f"unsupported encoding {fmt.encoding!r}")
@@ -169,8 +178,15 @@ class AudioDecoder:
         return self._output.convert(frames, last)
 
     def _empty(self) -> np.ndarray:
-        channels = self._reader.channels if self._reader is not None and self._reader.channels else 1
-        return np.zeros((channels, 0) if self.split_channels else 0, np.int16)
+        if not self.split_channels:
+            return np.zeros(0, np.int16)
+        return np.zeros((self.channels or 0, 0), np.int16)  # no rows until the channel count is known
+
+    @property
+    def slow(self) -> bool:
+        """True when decode and finish may call FFmpeg, which takes milliseconds per call (a whole MP4 at
+        finish, seconds): an event loop should run them in a worker thread."""
+        return isinstance(self._reader, ContainerReader) or (self._reader is None and self.format.encoding == "file")
 
     @property
     def sample_rate(self) -> int | None:

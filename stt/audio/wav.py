@@ -38,6 +38,7 @@ class WavReader:
         self._frame_bytes = 0
         self._pad = 0
         self._trailer = False  # past the data chunk: the rest is other chunks
+        self._ds64_data_size = 0
 
     # The header: RIFF/RIFX/RF64 then chunks, up to `data`.
     def _parse_header(self) -> None:
@@ -58,6 +59,8 @@ class WavReader:
                     raise BadAudio("WAV data chunk comes before its fmt chunk")
                 del buf[:8]
                 self._in_data = True
+                if size == 0xFFFFFFFF and self._ds64_data_size:  # RF64: the real size is in ds64
+                    size = self._ds64_data_size
                 self._data_left = size if 0 < size < 0xFFFFFFFF else None
                 self._pad = size & 1
                 return
@@ -72,6 +75,8 @@ class WavReader:
             del buf[: 8 + padded]
             if chunk_id == b"fmt ":
                 self._parse_fmt(body, order)
+            elif chunk_id == b"ds64" and len(body) >= 16:  # RF64: 64-bit RIFF size, then data size
+                self._ds64_data_size = struct.unpack(order + "Q", body[8:16])[0]
 
     def _parse_fmt(self, body: bytes, order: str) -> None:
         if len(body) < 16:
@@ -133,6 +138,9 @@ class WavReader:
     def finish(self) -> np.ndarray:
         if not self._in_data:
             raise BadAudio("the audio ended inside its WAV header" if self._riff_checked else "no audio was received")
+        if self._data_left is not None and len(self._buf) > self._data_left + self._pad:
+            # Bytes after the stated end, too few to be a chunk header: the stated size was wrong.
+            self._data_left = None
         out = self._samples()
         self._buf.clear()  # a trailing partial frame
         return out

@@ -146,8 +146,8 @@ class SpeechmaticsDialect:
         if not isinstance(fmt, dict):
             raise ConfigError("SM-CFG-001", "audio_format is required and must be an object")
         kind = fmt.get("type")
-        if kind == "file":
-            raise ConfigError("SM-CFG-001", 'audio_format type "file" is not supported yet; send raw audio')
+        if kind == "file":  # a whole file in AddAudio chunks, headers included: stt.audio recognises it
+            return AudioFormat("file")
         if kind != "raw":
             raise ConfigError("SM-CFG-001", f'audio_format type {kind!r} is not "raw" or "file"')
         encoding, rate = fmt.get("encoding"), fmt.get("sample_rate")
@@ -216,7 +216,8 @@ class SpeechmaticsDialect:
             return [_dump({"message": "EndOfTranscript"})]
         if isinstance(item, SessionStarted):
             self.machine.advance("RecognitionStarted")
-            quality = "telephony" if item.config.audio.sample_rate < 16000 else "broadcast"
+            rate = item.config.audio.sample_rate  # 0 for a file: not known until it is decoded
+            quality = "telephony" if 0 < rate < 16000 else "broadcast"
             return [
                 _dump({
                     "message": "RecognitionStarted",

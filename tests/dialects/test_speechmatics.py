@@ -98,6 +98,14 @@ def test_telephony_quality_below_16k():
     assert frames(d, SessionStarted("x", configure))[1]["quality"] == "telephony"
 
 
+def test_file_audio_format_leaves_the_container_to_the_audio_layer():
+    d = dialect(started=False)
+    msg = json.loads(start())
+    msg["audio_format"] = {"type": "file"}
+    [configure] = d.receive(json.dumps(msg))
+    assert configure.audio == AudioFormat("file")
+
+
 @pytest.mark.parametrize(
     "audio_format, detail",
     [
@@ -105,7 +113,6 @@ def test_telephony_quality_below_16k():
         ({"type": "raw", "encoding": "pcm_s16le"}, "sample_rate"),
         ({"type": "raw", "encoding": "pcm_s16le", "sample_rate": "16000"}, "sample_rate"),
         ({"type": "raw", "encoding": "pcm_s16le", "sample_rate": 10}, "sample_rate"),
-        ({"type": "file"}, '"file" is not supported yet'),
         ({"type": "stream"}, "type 'stream'"),
         (None, "audio_format is required"),
     ],
