@@ -37,6 +37,8 @@ class Configure:
     language: str = "en"
     partials: bool = False
     max_delay: float = 4.0
+    endpointing: float | None = None  # seconds of silence that end an utterance; None: the engine's own
+    hints: tuple[str, ...] = ()  # words or phrases to favour, where the engine can (keywords, prompts)
 
 
 @attrs.frozen
@@ -107,6 +109,20 @@ class Final:
 
 
 @attrs.frozen
+class SpeechStarted:
+    """The engine's voice activity detector heard speech begin at `time` (seconds of audio)."""
+
+    time: float
+
+
+@attrs.frozen
+class SpeechStopped:
+    """Speech ended at `time` (seconds of audio): silence for the endpointing time followed it."""
+
+    time: float
+
+
+@attrs.frozen
 class EndOfTranscript:
     """Every final has been sent."""
 
@@ -129,4 +145,20 @@ class AudioAccepted:
     seq_no: int
 
 
-Result = Partial | Final | EndOfTranscript
+@attrs.frozen
+class Reply:
+    """Frames a dialect answers a client message with, sent in order with everything else (an ack of a
+    configuration change, say)."""
+
+    frames: tuple[str, ...]
+
+
+@attrs.frozen
+class SessionStatus:
+    """Sent every `Dialect.status_interval` seconds: how much audio has been received, and wall time."""
+
+    audio_seconds: float
+    elapsed: float
+
+
+Result = Partial | Final | SpeechStarted | SpeechStopped | EndOfTranscript

@@ -80,10 +80,16 @@ class Server:
             await request.reject(404, body=f"no dialect serves the path {handshake.path}\n".encode())
             return
         dialect = dialect_cls(handshake)
+        authorised = self.keys.allows(dialect.credential())
+        if not authorised and dialect.rejects_unauthorised:
+            lifecycle.advance("reject")
+            self.endings[(dialect.name, "unauthorised", dialect.chart.ending("unauthorised").id)] += 1
+            log.info("%s: missing or invalid API key: 401", handshake.path)
+            await request.reject(401, body=b"missing or invalid API key\n")
+            return
         ws = await request.accept()
         lifecycle.advance("accept")
-        session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits,
-                          authorised=self.keys.allows(dialect.credential()))
+        session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits, authorised=authorised)
         self.sessions.add(session)
         try:
             ending = await session.run()

@@ -34,7 +34,9 @@ from stt.events import (
     EndOfTranscript,
     Flush,
     Reconfigure,
+    Reply,
     SessionStarted,
+    SessionStatus,
     Violation,
 )
 from stt.statechart import ChartMachine, Rule
@@ -85,6 +87,7 @@ class Session:
         self.ending: Ending | None = None
         self.frames_in = 0
         self.audio_frames = 0
+        self.audio_samples = 0  # decoded, at the engine's rate
         self._finished = False  # the dialect's end-of-stream exchange is complete
         self._ready = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -104,10 +107,15 @@ class Session:
                 async with trio.open_nursery() as outer:
                     outer.start_soon(self._writer)
                     async with self._out_send:
+                        greeting = self.dialect.greeting()
+                        if greeting:
+                            await self._out_send.send(Reply(tuple(greeting)))
                         async with trio.open_nursery() as nursery:
                             self._nursery = nursery
                             nursery.start_soon(self._reader)
                             nursery.start_soon(self._decoder)
+                            if self.dialect.status_interval:
+                                nursery.start_soon(self._status, self.dialect.status_interval)
             except Exception as exc:  # a bug in the server: end this session, keep serving the others
                 log.exception("session %s failed", self.id)
                 self._end("internal_error", f"{type(exc).__name__}")
@@ -185,6 +193,8 @@ class Session:
             else:
                 log.info("session %s: %s %s", self.id, event.rule.id, event.detail)
                 await self._out_send.send(event)
+        elif isinstance(event, Reply):
+            await self._out_send.send(event)
         elif isinstance(event, Audio):
             await self._audio_send.send(event)
             self.audio_frames += 1
@@ -210,7 +220,8 @@ class Session:
         except UnsupportedAudio as exc:  # dialects validate formats; this is a server bug if it happens
             self._end("internal_error", str(exc))
             return
-        settings = StreamSettings(config.language, config.partials, config.max_delay)
+        settings = StreamSettings(config.language, config.partials, config.max_delay, config.endpointing,
+                                  config.hints)
         try:
             with decoder:  # a compressed container's decoder thread stops here, however the session ends
                 async with self.engine.open_stream(settings) as stream:
@@ -244,7 +255,9 @@ class Session:
                     size += len(nxt.data)
                 if self.lifecycle.state == "listening":
                     self.lifecycle.advance("audio")
-                results = await stream.feed(await self._run_decoder(decoder.decode, b"".join(chunks)))
+                samples = await self._run_decoder(decoder.decode, b"".join(chunks))
+                self.audio_samples += samples.shape[-1]
+                results = await stream.feed(samples)
             elif isinstance(item, Reconfigure):
                 await stream.configure(partials=item.partials, max_delay=item.max_delay)
                 results = []
@@ -285,9 +298,20 @@ class Session:
                 sending.deadline = math.inf
                 if isinstance(item, EndOfTranscript):
                     self._finished = True
-                    self._nursery.start_soon(self._close_after_grace)
+                    if self.dialect.closes_after_end:
+                        self._end("normal")
+                    else:
+                        self._nursery.start_soon(self._close_after_grace)
         if sending.cancelled_caught:
             self._end("dropped", f"the client read nothing for {self.limits.send_timeout:g} s")
+
+    async def _status(self, interval: float) -> None:
+        """The dialect's periodic status message."""
+        start = trio.current_time()
+        while True:
+            await trio.sleep(interval)
+            await self._out_send.send(SessionStatus(self.audio_samples / self.engine.sample_rate,
+                                                    trio.current_time() - start))
 
     async def _close_after_grace(self) -> None:
         """The client closes after the end of the transcript (the reader then ends the session); if it does

@@ -46,6 +46,15 @@ class Dialect(Protocol):
     chart: Chart
     machine: ChartMachine
     handshake: Handshake
+    #: After the end of the transcript the server closes at once (1000), instead of waiting for the client.
+    closes_after_end: bool
+    #: A client without a valid key is refused at the upgrade with HTTP 401, instead of a close code.
+    rejects_unauthorised: bool
+    #: Seconds between SessionStatus events (None: none are sent).
+    status_interval: float | None
+
+    def greeting(self) -> list[str]:
+        """Frames the server sends as soon as the connection is open (before any client message)."""
 
     def credential(self) -> str | None:
         """The API key the client presented, if any."""

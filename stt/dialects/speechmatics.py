@@ -27,6 +27,8 @@ from stt.events import (
     Partial,
     Reconfigure,
     SessionStarted,
+    SpeechStarted,
+    SpeechStopped,
     Violation,
 )
 from stt.statechart import load_chart
@@ -200,6 +202,13 @@ class SpeechmaticsDialect:
 
     # --- frames out ---------------------------------------------------------------------------------------
 
+    closes_after_end = False  # the client closes after EndOfTranscript (§4.6.8); the session waits close_grace
+    rejects_unauthorised = False  # a bad key is an Error not_authorised and close 4001
+    status_interval = None
+
+    def greeting(self) -> list[str]:
+        return []
+
     def render(self, item: Any) -> list[str]:
         if isinstance(item, AudioAccepted):  # once per audio frame: formatted, not dumped
             return ['{"message":"AudioAdded","seq_no":%d}' % item.seq_no]
@@ -236,6 +245,8 @@ class SpeechmaticsDialect:
             ]
         if isinstance(item, Violation):
             return self.render_violation(item)
+        if isinstance(item, (SpeechStarted, SpeechStopped)):
+            return []  # Speechmatics has no voice-activity messages
         raise TypeError(f"speechmatics cannot render {item!r}")
 
     def render_violation(self, violation: Violation) -> list[str]:

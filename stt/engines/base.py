@@ -8,6 +8,8 @@ stt.engines.process_host runs one in worker processes.
 Results: times are seconds of audio since the stream began. A Partial spans the current utterance so far and
 is replaced by the next Partial or Final; a Final spans the audio it covers, so finals tile the speech. An
 empty Final answers a flush when nothing was said, or replaces partials that came to nothing.
+Voice activity: an engine with a detector also returns SpeechStarted / SpeechStopped, in audio time, in order
+with the results (SpeechStarted before the utterance's first partial, SpeechStopped after its final).
 max_delay: a Final comes at a pause, or once an utterance holds max_delay seconds of audio (then at the word
 boundary before that point), so a word is final at most about max_delay (plus the engine's endpointing
 window) after it was spoken.
@@ -20,7 +22,9 @@ from typing import Protocol
 import attrs
 import numpy as np
 
-from stt.events import Final, Partial
+from stt.events import Final, Partial, SpeechStarted, SpeechStopped
+
+Results = list[Partial | Final | SpeechStarted | SpeechStopped]
 
 
 class EngineError(Exception):
@@ -34,6 +38,8 @@ class StreamSettings:
     language: str = "en"
     partials: bool = False
     max_delay: float = 4.0  # a final covers audio at most this many seconds old
+    endpointing: float | None = None  # seconds of silence that end an utterance; None: the engine's default
+    hints: tuple[str, ...] = ()  # words to favour where the engine can; an engine that cannot ignores them
 
 
 class Recognizer(Protocol):
