@@ -32,11 +32,15 @@ from stt.events import (
     Configure,
     EndOfAudio,
     EndOfTranscript,
+    Final,
     Flush,
+    Partial,
     Reconfigure,
     Reply,
     SessionStarted,
     SessionStatus,
+    SpeechStarted,
+    SpeechStopped,
     Violation,
 )
 from stt.statechart import ChartMachine, Rule
@@ -88,6 +92,7 @@ class Session:
         self.frames_in = 0
         self.audio_frames = 0
         self.audio_samples = 0  # decoded, at the engine's rate
+        self._last_speech = trio.current_time()  # when the engine last reported speech (or the session began)
         self._finished = False  # the dialect's end-of-stream exchange is complete
         self._ready = trio.Event()
         self._nursery: trio.Nursery | None = None
@@ -116,6 +121,8 @@ class Session:
                             nursery.start_soon(self._decoder)
                             if self.dialect.status_interval:
                                 nursery.start_soon(self._status, self.dialect.status_interval)
+                            if self.dialect.speech_idle_timeout:
+                                nursery.start_soon(self._speech_idle, self.dialect.speech_idle_timeout)
             except Exception as exc:  # a bug in the server: end this session, keep serving the others
                 log.exception("session %s failed", self.id)
                 self._end("internal_error", f"{type(exc).__name__}")
@@ -289,6 +296,9 @@ class Session:
             async for item in self._out_recv:
                 if self.ending is not None:
                     return  # what is still queued is dropped: the session is over
+                if isinstance(item, (SpeechStarted, SpeechStopped)) or (isinstance(item, (Partial, Final))
+                                                                         and item.words):
+                    self._last_speech = trio.current_time()
                 for frame in self.dialect.render(item):
                     sending.deadline = trio.current_time() + self.limits.send_timeout
                     try:
@@ -312,6 +322,12 @@ class Session:
             await trio.sleep(interval)
             await self._out_send.send(SessionStatus(self.audio_samples / self.engine.sample_rate,
                                                     trio.current_time() - start))
+
+    async def _speech_idle(self, timeout: float) -> None:
+        """Dialects that bill for speech end a session in which nobody spoke for `timeout` seconds."""
+        while trio.current_time() < self._last_speech + timeout:
+            await trio.sleep_until(self._last_speech + timeout)
+        self._end("idle_timeout", f"no speech for {timeout:g} s")
 
     async def _close_after_grace(self) -> None:
         """The client closes after the end of the transcript (the reader then ends the session); if it does

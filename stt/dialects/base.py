@@ -52,6 +52,9 @@ class Dialect(Protocol):
     rejects_unauthorised: bool
     #: Seconds between SessionStatus events (None: none are sent).
     status_interval: float | None
+    #: Seconds without speech (SpeechStarted/SpeechStopped or words from the engine) that end the session with
+    #: the chart's idle_timeout ending (None: only the message idle timeout of SessionLimits applies).
+    speech_idle_timeout: float | None
 
     def greeting(self) -> list[str]:
         """Frames the server sends as soon as the connection is open (before any client message)."""

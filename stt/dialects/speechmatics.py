@@ -205,6 +205,7 @@ class SpeechmaticsDialect:
     closes_after_end = False  # the client closes after EndOfTranscript (§4.6.8); the session waits close_grace
     rejects_unauthorised = False  # a bad key is an Error not_authorised and close 4001
     status_interval = None
+    speech_idle_timeout = None
 
     def greeting(self) -> list[str]:
         return []
