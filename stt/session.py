@@ -171,6 +171,8 @@ class Session:
 
     async def _reader(self) -> None:
         try:
+            for event in getattr(self.dialect, "on_open", list)():  # what the handshake alone settles (YourVoic)
+                await self._handle(event)
             with trio.CancelScope() as idle:
                 while True:
                     idle.deadline = trio.current_time() + self.limits.idle_timeout

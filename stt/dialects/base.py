@@ -59,6 +59,10 @@ class Dialect(Protocol):
     def greeting(self) -> list[str]:
         """Frames the server sends as soon as the connection is open (before any client message)."""
 
+    def on_open(self) -> list:
+        """Events the handshake alone settles, handled before the first client frame: a Configure built from
+        the query string, or a Violation for a bad parameter. Most dialects wait for a start message: []."""
+
     def credential(self) -> str | None:
         """The API key the client presented, if any."""
 

@@ -210,6 +210,9 @@ class SpeechmaticsDialect:
     def greeting(self) -> list[str]:
         return []
 
+    def on_open(self) -> list:
+        return []  # StartRecognition configures the session
+
     def render(self, item: Any) -> list[str]:
         if isinstance(item, AudioAccepted):  # once per audio frame: formatted, not dumped
             return ['{"message":"AudioAdded","seq_no":%d}' % item.seq_no]
