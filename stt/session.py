@@ -301,7 +301,7 @@ class Session:
                 if isinstance(item, (SpeechStarted, SpeechStopped)) or (isinstance(item, (Partial, Final))
                                                                          and item.words):
                     self._last_speech = trio.current_time()
-                for frame in self.dialect.render(item):
+                for frame in item.frames if isinstance(item, Reply) else self.dialect.render(item):
                     sending.deadline = trio.current_time() + self.limits.send_timeout
                     try:
                         await self.ws.send_message(frame)
