@@ -9,7 +9,11 @@ Results: times are seconds of audio since the stream began. A Partial spans the 
 is replaced by the next Partial or Final; a Final spans the audio it covers, so finals tile the speech. An
 empty Final answers a flush when nothing was said, or replaces partials that came to nothing.
 Voice activity: an engine with a detector also returns SpeechStarted / SpeechStopped, in audio time, in order
-with the results (SpeechStarted before the utterance's first partial, SpeechStopped after its final).
+with the results (SpeechStarted before the utterance's first partial, SpeechStopped after its final). They
+alternate, starting with SpeechStarted; a Final at max_delay or on a flush does not stop speech, and finish()
+stops speech still going. SpeechStopped.time is where speech ended, not where the silence was long enough.
+Endpointing: an utterance ends once `StreamSettings.endpointing` seconds of silence follow it (None: the
+engine's own default), so its Final and SpeechStopped come about that long after the speech ended.
 max_delay: a Final comes at a pause, or once an utterance holds max_delay seconds of audio (then at the word
 boundary before that point), so a word is final at most about max_delay (plus the engine's endpointing
 window) after it was spoken.
@@ -46,13 +50,14 @@ class Recognizer(Protocol):
     sample_rate: int
 
     def feed(self, samples: np.ndarray) -> list[Partial | Final]:
-        """Decode more audio; return new partials and finals (finals at an endpoint or at max_delay)."""
+        """Decode more audio; return new partials and finals (finals at an endpoint or at max_delay), with the
+        voice-activity events among them."""
 
     def flush(self) -> list[Partial | Final]:
-        """Finalise the current utterance now; its Final has forced=True."""
+        """Finalise the current utterance now; its Final has forced=True. Not a speech stop."""
 
     def finish(self) -> list[Partial | Final]:
-        """No more audio: return the remaining finals."""
+        """No more audio: return the remaining finals, then SpeechStopped if speech was still going."""
 
     def configure(self, partials: bool | None = None, max_delay: float | None = None) -> None:
         """Change settings mid-stream; None leaves a setting as it is."""

@@ -1,25 +1,44 @@
-"""The pocketsphinx recognizer: VAD endpointing, partials, max_delay cuts that never split a word.
+"""The pocketsphinx recognizer: voice activity, endpointing, partials, max_delay cuts that never split a word.
 
 One SphinxRecognizer decodes one stream with pocketsphinx's bundled en-us model at 16 kHz.
 
 How a stream is cut into utterances:
-  * pocketsphinx's Endpointer (a VAD with a 0.3 s decision window) is fed fixed 30 ms frames; client chunks
-    of any size are carried over between feed() calls, so the decoder always sees the same sequence of calls
-    whatever the chunking, and the finals are the same.
-  * The Endpointer decides where utterances start and end; the decoder is fed each frame as it arrives once an
-    utterance has begun (not when the Endpointer hands the frame back, a window later), so partials trail the
-    audio by a frame, not by the window. An utterance therefore ends with the window's trailing audio.
-  * An utterance starts where the Endpointer says speech starts, less PREROLL seconds of the audio before it
-    (never reaching back into audio an earlier Final covered); it ends at the Endpointer's speech end, which
-    emits a Final.
+  * A SpeechDetector (below) classifies fixed 30 ms frames with pocketsphinx's VAD (WebRTC's); client chunks
+    of any size are carried over between feed() calls, so the detector and the decoder always see the same
+    sequence of calls whatever the chunking, and the finals are the same.
+  * Speech starts after 0.3 s of speech frames in a row; an utterance then starts PREROLL seconds before it
+    (never reaching back into audio an earlier Final covered), and the decoder is fed each frame as it
+    arrives, so partials trail the audio by a frame. SpeechStarted goes out with the start, before any Partial.
+  * Speech stops after `endpointing` seconds of silence (by default 0.45 s: ENDPOINTING_DEFAULT); the
+    utterance, which ends with that silence, becomes a Final, and SpeechStopped follows it. Speech that
+    resumes within the silence continues the same utterance, without events.
   * max_delay: once an utterance holds more than max_delay seconds of audio without an endpoint, it is ended
     anyway. Its last word may be cut in half, so only the words before it are finalised; a new utterance
     starts at that boundary and is re-fed the audio from there on. Final.end is the boundary, so the finals
-    tile the speech.
+    tile the speech. A cut is not a speech stop: no event.
+  * flush() finalises the utterance (forced) but does not touch the detector: speech that goes on opens a new
+    utterance at once, and SpeechStopped comes when the detector hears the silence. finish() ends everything:
+    speech still going stops where its silence began, or at the end of the audio if there was none.
   * REDECODE_FIRST (off) decodes a stream's first utterance twice: pocketsphinx normalises features with a
     cepstral mean that it only learns at the end of an utterance, and its initial value suits few
     microphones. The second pass uses the mean learnt from the first ("go forward ten years" -> "... ten
     meters"), but it trades other words on other recordings and stalls the stream at its first final.
+
+Speech times: SpeechStarted is the start of the first 30 ms frame of the run that started the speech;
+SpeechStopped is the end of the last speech frame less the VAD's hangover (VAD_HANGOVER). On
+tests/data/synth_vad_gaps.wav both fall within 30 ms of the boundaries measured from the waveform
+(tests/engines/test_vad.py).
+
+Endpointing: `endpointing` seconds count from where speech ended, so the detector waits for
+round((endpointing - VAD_HANGOVER) / VAD_FRAME) silent frames after the last speech frame (at least one: an
+utterance cannot end sooner than MIN_ENDPOINTING after the speech). pocketsphinx's own Endpointer(window W,
+ratio r) cannot do this: over its N = W / 0.03 frames it starts speech when more than int(r * N) are speech
+and stops it when fewer than int((1 - r) * N + 0.5) are, so with the default 0.3 s and 0.9 it wants all 10
+frames either way, and a window long enough for 1.8 s of silence would also want about 1.6 s of speech
+before it starts. SpeechDetector is that rule with a separate stop length; with the default it decides
+exactly as the Endpointer, which the recognizer used before (compared in tests/engines/test_vad.py).
+
+`hints` are ignored: the n-gram model has no cheap way to favour words.
 
 Times are absolute, in seconds since the start of the stream, rounded to 10 ms.
 
@@ -33,18 +52,29 @@ from __future__ import annotations
 import re
 
 import numpy as np
-from pocketsphinx import Decoder, Endpointer, Vad
+from pocketsphinx import Decoder, Vad
 
-from stt.engines.base import StreamSettings
-from stt.events import Final, Partial, Word
+from stt.engines.base import Results, StreamSettings
+from stt.events import Final, Partial, SpeechStarted, SpeechStopped, Word
 
 SAMPLE_RATE = 16000  # the bundled en-us model is 16 kHz only
 _BYTES = 2  # int16
 _DECODER_FRAME = 160  # samples per decoder frame (100 frames per second)
 
-VAD_WINDOW = 0.3  # seconds the Endpointer looks at to decide
-VAD_RATIO = 0.9  # fraction of that window that must agree
-VAD_FRAME = 0.03  # seconds per Endpointer frame
+VAD_FRAME = 0.03  # seconds per VAD frame (WebRTC's VAD takes 10, 20 or 30 ms)
+START_FRAMES = 10  # VAD frames of speech in a row (0.3 s) that start speech
+# WebRTC's VAD (mode 0, "quality", which pocketsphinx's Vad.LOOSE is) goes on saying "speech" for 5 frames of
+# 30 ms after a run of more than 6 speech frames (kOverHangMax2Q in its vad_core.c; 3 after shorter runs).
+# Measured on tests/data/synth_vad_gaps.wav: the VAD's silence begins 173, 176 and 160 ms after each sentence
+# ends; less this, SpeechStopped is 23, 26 and 10 ms late (within the 30 ms frame that holds the end).
+VAD_HANGOVER = 0.15
+# The silence that ends an utterance when StreamSettings.endpointing is None: START_FRAMES silent frames (the
+# 0.3 s window of the pocketsphinx Endpointer this replaces) after the hangover.
+ENDPOINTING_DEFAULT = VAD_HANGOVER + START_FRAMES * VAD_FRAME
+# Accepted endpointing, seconds (above 0, at most 5: a dialect may ask for 10 ms). Values below MIN_ENDPOINTING
+# act as it: one silent frame after the hangover is the soonest the VAD can tell.
+ENDPOINTING_RANGE = (0.0, 5.0)
+MIN_ENDPOINTING = VAD_HANGOVER + VAD_FRAME
 PREROLL = 0.2  # seconds of audio before the detected speech start given to the decoder
 CUT_TAIL = 30  # decoder frames: a last word ending this long before the cut is complete, not cut
 CUT_PAD = 10  # decoder frames of lead-in kept before a cut word when it is re-fed
@@ -53,7 +83,7 @@ MIN_MAX_DELAY = 0.5  # seconds; smaller max_delay values are raised to this
 # speech in tests/data it changes which words are wrong, not how many (10 either way), and it costs a ~0.9 s
 # stall at the first final (the slowest feed call: 918 ms with it, 275 ms without; RTF 0.33 against 0.23).
 REDECODE_FIRST = False
-_HISTORY = SAMPLE_RATE  # samples of raw audio kept for pre-roll and for draining the Endpointer
+_HISTORY = SAMPLE_RATE  # samples of raw audio kept for pre-roll and for draining the detector's carry
 
 _FILLER = re.compile(r"^(<.*>|\[.*\]|\+\+.*\+\+)$")
 _ALTERNATE = re.compile(r"\(\d+\)$")
@@ -114,6 +144,74 @@ def _pcm(samples: np.ndarray) -> bytes:
     return array.astype("<i2", copy=False).tobytes()
 
 
+# --- voice activity ----------------------------------------------------------------------------------------
+
+
+def endpointing_frames(endpointing: float | None) -> int:
+    """The silent VAD frames, after the hangover, that end speech: `endpointing` seconds of silence in all."""
+    if endpointing is None:
+        return START_FRAMES
+    low, high = ENDPOINTING_RANGE
+    if not low < endpointing <= high:  # also refuses NaN
+        raise ValueError(f"endpointing must be more than {low:g} and at most {high:g} seconds, not {endpointing!r}")
+    return max(1, round((endpointing - VAD_HANGOVER) / VAD_FRAME))
+
+
+class SpeechDetector:
+    """Speech start and stop over pocketsphinx's frame classifier, counted in VAD frames since it was made.
+
+    Speech starts once START_FRAMES frames in a row are speech (`start`: the first of them). It stops once
+    `stop_frames` frames have passed since the last speech frame (`stop`: where that silence began). Once the
+    silence is START_FRAMES long, stray speech frames (a click, a breath) no longer count: only a new start
+    resumes the speech, and the stop waits while a run of speech frames that may become one is under way.
+
+    With stop_frames == START_FRAMES it decides exactly as pocketsphinx's Endpointer(window=0.3, ratio=0.9).
+    """
+
+    def __init__(self, stop_frames: int) -> None:
+        self._vad = Vad(Vad.LOOSE, SAMPLE_RATE, VAD_FRAME)
+        self.frame_bytes = self._vad.frame_bytes
+        self._stop_frames = stop_frames
+        self.frames = 0  # frames classified
+        self.in_speech = False
+        self.run_start = 0  # first frame of the latest run of speech frames
+        self.start = 0  # first frame of the current (or last) speech
+        self.stop = 0  # frame where the last speech's silence began
+        self._run = 0  # speech frames in a row, up to the last one
+        self._quiet = 0  # in speech: frames since the last speech frame that counts
+
+    @property
+    def hearing(self) -> bool:
+        """In speech, and the last frame was speech that counts (not a stray one inside a long silence)."""
+        return self.in_speech and self._quiet == 0
+
+    @property
+    def silence_start(self) -> int | None:
+        """In speech: the frame where the silence after its last speech frame began (None: none yet)."""
+        return self.frames - self._quiet if self.in_speech and self._quiet else None
+
+    def process(self, frame: bytes) -> type[SpeechStarted] | type[SpeechStopped] | None:
+        """Classify one frame; SpeechStarted or SpeechStopped where speech starts or stops."""
+        speech = self._vad.is_speech(frame)
+        self.frames += 1
+        self._run = self._run + 1 if speech else 0
+        if self._run == 1:
+            self.run_start = self.frames - 1
+        if not self.in_speech:
+            if self._run >= START_FRAMES:
+                self.in_speech, self.start, self._quiet = True, self.run_start, 0
+                return SpeechStarted
+            return None
+        if self._quiet < START_FRAMES:
+            self._quiet = 0 if speech else self._quiet + 1
+        else:  # a long silence: only a new start resumes the speech
+            self._quiet = 0 if self._run >= START_FRAMES else self._quiet + 1
+        if self._quiet >= self._stop_frames and not self._run:
+            self.in_speech, self.stop = False, self.frames - self._quiet
+            return SpeechStopped
+        return None
+
+
 # --- the recognizer ----------------------------------------------------------------------------------------
 
 
@@ -128,6 +226,7 @@ class SphinxRecognizer:
             raise ValueError(f"the pocketsphinx engine only knows English, not {settings.language!r}")
         self._partials = settings.partials
         self._max_delay = self._check_max_delay(settings.max_delay)
+        self._stop_frames = endpointing_frames(settings.endpointing)
         self._decoder: Decoder | None = acquire_decoder()
         self._cold = True  # no utterance finalised yet: the cepstral mean is still the model's guess
 
@@ -135,7 +234,7 @@ class SphinxRecognizer:
         self._history = bytearray()  # raw audio [_history_start, _total)
         self._history_start = 0
         self._covered = 0  # end (samples) of the audio the last Final covered
-        self._new_endpointer(origin=0)
+        self._new_detector(origin=0)
 
         self._in_utt = False
         self._utt_start = 0  # samples: where the decoder's frame 0 lies
@@ -146,14 +245,14 @@ class SphinxRecognizer:
 
     # --- the Recognizer protocol ---------------------------------------------------------------------------
 
-    def feed(self, samples: np.ndarray) -> list[Partial | Final]:
+    def feed(self, samples: np.ndarray) -> Results:
         data = _pcm(samples)
         self._live_decoder()
         self._history += data
         self._total += len(data) // _BYTES
         self._carry += data
-        out: list[Partial | Final] = []
-        frame_bytes = self._frame_bytes
+        out: Results = []
+        frame_bytes = self._detector.frame_bytes
         whole = len(self._carry) // frame_bytes * frame_bytes
         done = 0
         view = memoryview(self._carry)
@@ -170,20 +269,24 @@ class SphinxRecognizer:
             self._partial(out)
         return out
 
-    def flush(self) -> list[Partial | Final]:
+    def flush(self) -> Results:
+        """Finalise the utterance; the detector goes on (speech that continues opens a new utterance)."""
         self._live_decoder()
         if not self._in_utt:
             now = _seconds(self._total)
             return [Final((), now, now, forced=True)]
-        out = self._drain(forced=True)
-        self._new_endpointer(origin=self._total)
-        return out
+        return self._drain(forced=True)
 
-    def finish(self) -> list[Partial | Final]:
+    def finish(self) -> Results:
         self._live_decoder()
         out = self._drain(forced=False) if self._in_utt else []
+        detector = self._detector
+        if detector.in_speech:  # stopped by the end of the audio, or by a silence shorter than endpointing
+            silence = detector.silence_start
+            end = self._total if silence is None else self._stopped_at(silence)
+            out.append(SpeechStopped(_seconds(end)))
         self._covered = self._total
-        self._new_endpointer(origin=self._total)
+        self._new_detector(origin=self._total)
         return out
 
     def configure(self, partials: bool | None = None, max_delay: float | None = None) -> None:
@@ -217,19 +320,22 @@ class SphinxRecognizer:
             raise RuntimeError("the recognizer is closed")
         return self._decoder
 
-    def _new_endpointer(self, origin: int) -> None:
-        self._endpointer = Endpointer(
-            window=VAD_WINDOW,
-            ratio=VAD_RATIO,
-            vad_mode=Vad.LOOSE,
-            sample_rate=SAMPLE_RATE,
-            frame_length=VAD_FRAME,
-        )
-        self._frame_bytes = self._endpointer.frame_bytes
-        self._frame_samples = self._frame_bytes // _BYTES
-        self._endpointer_origin = origin  # samples: where the Endpointer's time 0 lies
-        self._frame_end = origin  # samples: end of the last frame the Endpointer was given
-        self._carry = bytearray()  # received audio not yet a whole Endpointer frame
+    def _new_detector(self, origin: int) -> None:
+        self._detector = SpeechDetector(self._stop_frames)
+        self._frame_samples = self._detector.frame_bytes // _BYTES
+        self._detector_origin = origin  # samples: where the detector's frame 0 lies
+        self._frame_end = origin  # samples: end of the last frame the detector was given
+        self._carry = bytearray()  # received audio not yet a whole detector frame
+
+    def _sample(self, frame: int) -> int:
+        """A detector frame index -> samples since the stream began."""
+        return self._detector_origin + frame * self._frame_samples
+
+    def _stopped_at(self, silence_start: int) -> int:
+        """Samples: where speech stopped, given the frame where the VAD's silence began: that, less the VAD's
+        hangover, but never before the speech started."""
+        detector = self._detector
+        return max(self._sample(silence_start) - round(VAD_HANGOVER * SAMPLE_RATE), self._sample(detector.start))
 
     def _audio(self, start: int, end: int) -> bytes:
         """Raw audio [start, end) in samples, from the history."""
@@ -246,23 +352,26 @@ class SphinxRecognizer:
             del self._history[: drop * _BYTES]
             self._history_start += drop
 
-    def _process_frame(self, frame: bytes, out: list[Partial | Final]) -> None:
-        endpointer = self._endpointer
-        speech = endpointer.process(frame)
+    def _process_frame(self, frame: bytes, out: Results) -> None:
+        detector = self._detector
+        event = detector.process(frame)
         self._frame_end += self._frame_samples
-        if speech is None:
-            return
-        if not self._in_utt:  # speech starts: decode from just before it up to the audio received
-            first = round(endpointer.speech_start / endpointer.frame_length) * self._frame_samples
-            first += self._endpointer_origin
-            start = max(self._covered, first - round(PREROLL * SAMPLE_RATE), self._history_start)
+        if event is SpeechStarted:
+            out.append(SpeechStarted(_seconds(self._sample(detector.start))))
+        if not self._in_utt and detector.hearing:
+            # Speech starts (or goes on after a flush): decode from just before it up to the audio received.
+            run_start = self._sample(detector.run_start)
+            start = max(self._covered, run_start - round(PREROLL * SAMPLE_RATE), self._history_start)
             self._start_utterance(start, self._audio(start, self._frame_end))
-        else:  # decode each frame as it arrives, not when the Endpointer hands it back a window later
-            self._decode(frame)
-        self._decoded_to = self._frame_end
-        if not endpointer.in_speech:  # speech ends: an endpoint
-            out += self._finalise(forced=False)
-        elif len(self._utt_audio) // _BYTES > self._max_delay * SAMPLE_RATE:
+        elif self._in_utt:  # decode each frame as it arrives, whatever the detector makes of it
+            self._decode(self._audio(self._decoded_to, self._frame_end))
+        if self._in_utt:
+            self._decoded_to = self._frame_end
+        if event is SpeechStopped:  # an endpoint
+            if self._in_utt:
+                out += self._finalise(forced=False)
+            out.append(SpeechStopped(_seconds(self._stopped_at(detector.stop))))
+        elif self._in_utt and len(self._utt_audio) // _BYTES > self._max_delay * SAMPLE_RATE:
             out += self._cut()
 
     def _start_utterance(self, start: int, audio: bytes) -> None:
@@ -300,7 +409,7 @@ class SphinxRecognizer:
             words.append(Word(text, _seconds(start), _seconds(end), min(max(float(prob), 0.0), 1.0)))
         return tuple(words)
 
-    def _final(self, words: tuple[Word, ...], start: int, end: int, forced: bool) -> list[Partial | Final]:
+    def _final(self, words: tuple[Word, ...], start: int, end: int, forced: bool) -> Results:
         """The Final of [start, end); an empty one only where it answers a flush or replaces partials."""
         superseding = self._partial_shown or self._partials
         self._partial_shown = False
@@ -310,14 +419,14 @@ class SphinxRecognizer:
             return [Final(words, _seconds(start), _seconds(end), forced=forced)]
         return []
 
-    def _finalise(self, forced: bool) -> list[Partial | Final]:
+    def _finalise(self, forced: bool) -> Results:
         """The whole utterance becomes a Final."""
         segs = self._end_utterance()
         start = self._utt_start
         end = start + len(self._utt_audio) // _BYTES
         return self._final(self._words(segs, end), start, end, forced)
 
-    def _drain(self, forced: bool) -> list[Partial | Final]:
+    def _drain(self, forced: bool) -> Results:
         """Decode what the Endpointer still holds back (and the carry), then finalise the utterance."""
         rest = self._audio(self._decoded_to, self._total)
         if rest:
@@ -325,7 +434,7 @@ class SphinxRecognizer:
         self._decoded_to = self._total
         return self._finalise(forced)
 
-    def _cut(self) -> list[Partial | Final]:
+    def _cut(self) -> Results:
         """max_delay reached mid-speech: finalise the words before the last one, restart from there."""
         segs = self._end_utterance()
         frames = len(self._utt_audio) // _BYTES // _DECODER_FRAME
@@ -345,7 +454,7 @@ class SphinxRecognizer:
         self._start_utterance(end, tail)
         return out
 
-    def _partial(self, out: list[Partial | Final]) -> None:
+    def _partial(self, out: Results) -> None:
         segs = _real_words(self._live_decoder())
         key = tuple(seg[0] for seg in segs)
         if key == self._last_partial:

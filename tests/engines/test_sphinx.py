@@ -13,7 +13,7 @@ import pytest
 from stt.engines import sphinx
 from stt.engines.base import StreamSettings
 from stt.engines.sphinx import SphinxRecognizer
-from stt.events import Final, Partial
+from stt.events import Final, Partial, SpeechStarted, SpeechStopped
 from stt.wer import wer
 
 DATA = Path(__file__).resolve().parent.parent / "data"
@@ -74,6 +74,11 @@ def _decode(name: str, chunks, partials: bool, max_delay: float) -> tuple[tuple,
 
 def flat(calls) -> list[Partial | Final]:
     return [result for call in calls for result in call]
+
+
+def recognised(results) -> list[Partial | Final]:
+    """The results without the voice-activity events."""
+    return [r for r in results if isinstance(r, (Partial, Final))]
 
 
 def finals(results) -> list[Final]:
@@ -148,7 +153,7 @@ def test_no_partials_unless_asked():
 
 @pytest.mark.parametrize("chunks", [77, "ragged"])
 def test_partials_grow_and_finals_supersede_them(chunks):
-    results = flat(decode("two_utterances", chunks, partials=True, max_delay=1.5))
+    results = recognised(flat(decode("two_utterances", chunks, partials=True, max_delay=1.5)))
     partials = [r for r in results if isinstance(r, Partial)]
     assert len(partials) >= 5
     assert isinstance(results[-1], Final)  # finish() leaves nothing pending
@@ -215,7 +220,7 @@ def test_max_delay_cuts_long_speech_between_words():
 # --- flush and finish ----------------------------------------------------------------------------------------
 
 
-def test_flush_mid_speech_gives_a_forced_final():
+def test_flush_mid_speech_gives_a_forced_final_and_speech_goes_on():
     audio = load("ps_goforward")
     recognizer = SphinxRecognizer(StreamSettings())
     try:
@@ -226,13 +231,17 @@ def test_flush_mid_speech_gives_a_forced_final():
         after = recognizer.feed(audio[20000:]) + recognizer.finish()
     finally:
         recognizer.close()
-    assert before == []
-    (forced,) = flushed
+    assert [type(r) for r in before] == [SpeechStarted]
+    (forced,) = flushed  # a flush is not a speech stop
     assert isinstance(forced, Final) and forced.forced
     assert forced.end == 1.25
     assert "forward" in [w.text for w in forced.words]
-    assert after and all(isinstance(r, Final) and not r.forced for r in after)
-    assert all(w.start >= forced.end for r in after for w in r.words)
+    # the same speech goes on: no second SpeechStarted, a new utterance from the flush on, then the stop
+    assert isinstance(after[-1], SpeechStopped) and after[-1].time > forced.end
+    rest = after[:-1]
+    assert rest and all(isinstance(r, Final) and not r.forced for r in rest)
+    assert rest[0].start == forced.end
+    assert all(w.start >= forced.end for r in rest for w in r.words)
 
 
 def test_flush_in_silence_answers_with_an_empty_forced_final():
