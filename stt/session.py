@@ -171,7 +171,7 @@ class Session:
 
     async def _reader(self) -> None:
         try:
-            for event in getattr(self.dialect, "on_open", list)():  # what the handshake alone settles (YourVoic)
+            for event in self.dialect.on_open():  # what the handshake alone settles (YourVoic: its query string)
                 await self._handle(event)
             with trio.CancelScope() as idle:
                 while True:

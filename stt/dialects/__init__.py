@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from stt.dialects.speechmatics import SpeechmaticsDialect
+from stt.dialects.voicerun import VoiceRunDialect
+from stt.dialects.yourvoic import YourVoicDialect
 
-DIALECTS = (SpeechmaticsDialect,)
+DIALECTS = (SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect)
 
 
 def dialect_for(path: str):
