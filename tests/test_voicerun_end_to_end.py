@@ -4,6 +4,7 @@ recognizer, and reads what a VoiceRun client reads."""
 
 import base64
 import json
+import re
 import wave
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from stt.engines.base import StreamSettings
 from stt.events import Final
 from stt.wer import wer
-from tests.helpers import running_server, wait_until
+from tests.helpers import GAP_RECORDING, GAP_SPEECH, running_server, wait_until
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCES = {
@@ -125,3 +126,17 @@ async def test_vendor_flow_transcribes_real_speech(name):
             inside = False
         elif m["type"].startswith("transcription.") and m["text"]:
             assert inside, f"{m} outside speech.started/speech.stopped"
+
+
+async def test_speech_events_frame_each_sentence_of_the_recording_with_known_silences():
+    """Three sentences separated by 1.85 s and 2.38 s of faint noise: three speech.started/stopped pairs, each
+    around the completed text of its sentence (VoiceRun's speech events carry no time; YourVoic's tests check
+    the times on the same recording)."""
+    async with running_server(engine="sphinx", decode_workers=1, api_keys=(API_KEY,)) as server:
+        messages, code = await transcribe(server.port, pcm16(GAP_RECORDING))
+    kinds = [m["type"] for m in messages if m["type"] != "transcription.partial"]
+    assert code == 1000
+    # Each sentence: speech.started, transcription.completed (more than one when the sentence is longer than
+    # the engine's max_delay, 4 s), speech.stopped.
+    sentence = r"speech\.started (transcription\.completed )+speech\.stopped "
+    assert re.fullmatch(sentence * len(GAP_SPEECH), " ".join(kinds[2:-1]) + " "), kinds

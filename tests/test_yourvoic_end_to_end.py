@@ -13,7 +13,7 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.text import format_numbers
 from stt.wer import wer
-from tests.helpers import running_server, wait_until
+from tests.helpers import GAP_RECORDING, GAP_SPEECH, GAP_TOLERANCE, running_server, wait_until
 
 DATA = Path(__file__).resolve().parent / "data"
 REFERENCES = {
@@ -138,3 +138,19 @@ async def test_default_formatting_and_interim_results_off():
     for m in said:
         spoken = " ".join(w["word"] for w in m["words"])
         assert m["text"].rstrip(".").lower() == format_numbers(spoken).lower()
+
+
+@pytest.mark.parametrize("endpointing, sentences", [("300", GAP_SPEECH), ("2100", [(1.013, 9.874), GAP_SPEECH[2]])])
+async def test_speech_events_fall_on_the_known_silences(endpointing, sentences):
+    """The recording with three sentences and silences of 1.85 s and 2.38 s: speech_started and speech_ended
+    carry audio time within 100 ms of the true boundaries; endpointing=2100 (ms) joins the sentences around
+    the shorter silence and not the longer one."""
+    async with running_server(engine="sphinx", decode_workers=1) as server:
+        messages, code = await transcribe(server.port, pcm(GAP_RECORDING), endpointing=endpointing)
+    assert code == 1000
+    check_voice_activity_order(messages)
+    starts = [m["timestamp"] for m in messages if m["type"] == "speech_started"]
+    ends = [m["timestamp"] for m in messages if m["type"] == "speech_ended"]
+    assert len(starts) == len(ends) == len(sentences)
+    for (start, end), (true_start, true_end) in zip(zip(starts, ends), sentences):
+        assert abs(start - true_start) <= GAP_TOLERANCE and abs(end - true_end) <= GAP_TOLERANCE

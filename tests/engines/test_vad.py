@@ -15,17 +15,11 @@ from stt.engines.base import StreamSettings
 from stt.engines.sphinx import SpeechDetector, SphinxRecognizer
 from stt.events import Final, SpeechStarted, SpeechStopped
 from tests.engines.test_sphinx import load
+from tests.helpers import GAP_RECORDING, GAP_SPEECH, GAP_TOLERANCE
 
-GAPS = "synth_vad_gaps"  # 1 s silence, sentence, 1.5 s, sentence, 2 s, sentence, 1 s; faint white noise
-
-# The sentences' true (start, end) in seconds, measured once from the waveform (test_ground_truth...
-# re-measures them): RMS in 1 ms frames, in dB, against the noise floor (the median over the first 0.9 s,
-# which is silence: 14.5 dB, an RMS of 5.4); speech is every frame more than 10 dB above the floor, and a
-# sentence ends where more than 0.5 s without such a frame follows. The edges are sharp: thresholds from 6 to
-# 20 dB move no boundary by more than 1 ms. The gaps are longer than the silences the file was made with
-# (1.85 s, 2.38 s), since espeak-ng pads each sentence with its own silence.
-TRUTH = [(1.013, 3.757), (5.604, 9.874), (12.257, 16.400)]
-TOLERANCE = 0.1  # the issue's requirement: events within 100 ms of the true boundaries (measured: 26 ms)
+GAPS = GAP_RECORDING.removesuffix(".wav")
+TRUTH = GAP_SPEECH
+TOLERANCE = GAP_TOLERANCE
 CHUNK = 320  # 20 ms
 
 
