@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
     serve = commands.add_parser(
         "serve",
         help="run the server",
-        description="Run the server. Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>.",
+        description="Run the server. Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, "
+                    "VoiceRun Transcribe at /ws, YourVoic at /api/v1/stt/realtime/stream.",
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9000, help="port to listen on; 0 picks a free one (default: 9000)")

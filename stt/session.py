@@ -5,6 +5,10 @@ between frames by itself, so no frame is ever cut in half.
     reader  : ws -> dialect.receive -> events   (audio goes to the decoder; acks and warnings to the writer)
     decoder : audio -> stt.audio -> engine stream -> results
     writer  : results -> dialect.render -> ws
+    status, speech idle (only for dialects that ask): periodic SessionStatus; the end of a session without speech
+
+The dialect's greeting frames go out first; events it derives from the handshake alone (on_open) are handled
+before the first client frame.
 
 A client that sends faster than the engine decodes fills the audio channel, the reader stops reading, and
 TCP pushes back: nothing is buffered without bound. A client that does not read fills the result channel
@@ -161,7 +165,7 @@ class Session:
         self.lifecycle.advance("end")
         self.dialect.machine.advance("close")
         log.log(
-            logging.INFO if ending.name in ("normal", "client_closed") else logging.WARNING,
+            logging.INFO if ending.name in ("normal", "client_closed") or rule.close == 1000 else logging.WARNING,
             "session %s closed %s: %s %s%s (frames in %d, audio frames %d)",
             self.id, 1006 if code is None else code, ending.name, rule.id, f": {ending.detail}" if ending.detail else "",
             self.frames_in, self.audio_frames,
