@@ -62,7 +62,8 @@ class Rule:
     """One requirement of a protocol, and what breaking it gets.
 
     `close` is the WebSocket close code when breaking the rule ends the session (None: the session goes on).
-    `error`/`warning` is the vendor's error or warning type sent before, if the dialect sends one.
+    `error`/`warning` is the vendor's error or warning type sent before, if the dialect sends one; an error
+    without a close code is reported and the session goes on (VoiceRun answers a bad session.update so).
     """
 
     id: str
@@ -297,12 +298,10 @@ def parse_chart(data: Any, where: str = "<chart>") -> Chart:
             raise fail(f"{key}.close", "must be a WebSocket close code (1000-4999)")
         if error is not None and warning is not None:
             raise fail(key, "a rule has an error or a warning, not both")
-        if error is not None and close is None:
-            raise fail(f"{key}.close", "an error ends the session: give its close code")
         if warning is not None and close is not None:
             raise fail(f"{key}.close", "a warning does not end the session: drop the close code")
         if error is None and warning is None and close is None:
-            raise fail(key, "give an error (with close), a warning, or a close code")
+            raise fail(key, "give an error (with a close code if it ends the session), a warning, or a close code")
         for k in ("error", "warning"):
             if body.get(k) is not None and not (isinstance(body[k], str) and _NAME.match(body[k])):
                 raise fail(f"{key}.{k}", "must be the vendor's error or warning type")

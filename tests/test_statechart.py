@@ -98,7 +98,7 @@ def broken(mutate):
         (lambda d: d["forbidden"].pop(), "forbidden"),  # (busy, Go) is then neither allowed nor forbidden
         (lambda d: d["forbidden"].append({"in": "idle", "event": "Go", "rule": "DM-ORDER-001"}), "forbidden[2]"),
         (lambda d: d["forbidden"][0].update(rule="DM-NOPE-001"), "forbidden[0].rule"),
-        (lambda d: d["rules"]["DM-ORDER-001"].pop("close"), "rules.DM-ORDER-001.close"),
+        (lambda d: d["rules"]["DM-ORDER-001"].update(warning="also_a_warning"), "rules.DM-ORDER-001"),
         (lambda d: d["rules"]["DM-WARN-001"].update(close=1000), "rules.DM-WARN-001.close"),
         (lambda d: d["rules"]["DM-ORDER-001"].update(close=99), "rules.DM-ORDER-001.close"),
         (lambda d: d["rules"]["DM-ORDER-001"].update(guard="lambda: 1"), "rules.DM-ORDER-001.guard"),
@@ -112,6 +112,12 @@ def test_a_malformed_chart_fails_naming_file_and_key(mutate, key):
     with pytest.raises(ChartError) as info:
         parse_chart(broken(mutate), "charts/demo.yaml")
     assert str(info.value).startswith(f"charts/demo.yaml: {key}:")
+
+
+def test_an_error_without_a_close_code_is_reported_and_the_session_goes_on():
+    chart = parse_chart(broken(lambda d: d["rules"]["DM-ORDER-001"].pop("close")), "charts/demo.yaml")
+    rule = chart.rule("DM-ORDER-001")
+    assert rule.error and rule.close is None and not rule.fatal
 
 
 def test_yaml_errors_name_the_file(tmp_path):

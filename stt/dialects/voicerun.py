@@ -268,7 +268,7 @@ class VoiceRunDialect:
         rule = violation.rule
         if rule.id == "VR-CLOSE-001":  # closed before it was configured: the normal answer, then 1000
             return ['{"type":"session.closed"}']
-        code = rule.error or rule.warning
+        code = rule.error
         if code is None:
             return []  # an unauthorised client gets nothing but the close (§5.1); lifecycle endings likewise
         message = f"{rule.message}: {violation.detail}" if violation.detail else rule.message
