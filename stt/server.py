@@ -15,7 +15,7 @@ import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketRequest
 
 from stt.dialects import dialect_for
-from stt.dialects.base import Handshake
+from stt.dialects.base import Handshake, HandshakeRefused
 from stt.engines import open_engine
 from stt.engines.base import Engine
 from stt.session import Session, SessionLimits
@@ -79,7 +79,14 @@ class Server:
             log.info("no dialect serves %s: 404", handshake.path)
             await request.reject(404, body=f"no dialect serves the path {handshake.path}\n".encode())
             return
-        dialect = dialect_cls(handshake)
+        try:
+            dialect = dialect_cls(handshake)
+        except HandshakeRefused as refusal:
+            lifecycle.advance("reject")
+            self.endings[(dialect_cls.name, "refused", str(refusal.status))] += 1
+            log.info("%s refused: %s", handshake.path, refusal)
+            await request.reject(refusal.status, body=(refusal.body.rstrip("\n") + "\n").encode())
+            return
         authorised = self.keys.allows(dialect.credential())
         if not authorised and dialect.rejects_unauthorised:
             lifecycle.advance("reject")

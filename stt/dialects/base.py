@@ -39,6 +39,15 @@ class Handshake:
         return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+class HandshakeRefused(Exception):
+    """A dialect's constructor raises this to refuse the upgrade with an HTTP status and a text body (V-Blaze:
+    400 naming a bad tag), for dialects whose whole configuration is in the handshake."""
+
+    def __init__(self, status: int, body: str):
+        super().__init__(f"{status}: {body}")
+        self.status, self.body = status, body
+
+
 class Dialect(Protocol):
     """A vendor's protocol, frames in and frames out, checked by its chart."""
 
