@@ -96,7 +96,7 @@ class Server:
             return
         ws = await request.accept()
         lifecycle.advance("accept")
-        session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits, authorised=authorised)
+        session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits, authorise=self.keys.allows)
         self.sessions.add(session)
         try:
             ending = await session.run()

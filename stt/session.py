@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from typing import Callable
 
 import attrs
 import trio
@@ -83,7 +84,7 @@ class Session:
         lifecycle: ChartMachine,
         *,
         limits: SessionLimits = SessionLimits(),
-        authorised: bool = True,
+        authorise: Callable[[str | None], bool] = lambda credential: True,
     ):
         self.id = str(uuid.uuid4())
         self.ws = ws
@@ -91,7 +92,8 @@ class Session:
         self.engine = engine
         self.lifecycle = lifecycle
         self.limits = limits
-        self.authorised = authorised
+        self._authorise = authorise  # the server's key check: credential -> allowed
+        self._configured = False  # the dialect's start message (a Configure) has arrived
         self.ending: Ending | None = None
         self.frames_in = 0
         self.audio_frames = 0
@@ -107,7 +109,7 @@ class Session:
 
     async def run(self) -> Ending:
         log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect.handshake.path)
-        if not self.authorised:
+        if not self._authorise(self.dialect.credential()) and not getattr(self.dialect, "credential_in_start", False):
             self._end("unauthorised", "missing or invalid API key")
         else:
             try:
@@ -177,15 +179,20 @@ class Session:
         try:
             for event in self.dialect.on_open():  # what the handshake alone settles (YourVoic: its query string)
                 await self._handle(event)
+            start_timeout = getattr(self.dialect, "start_timeout", None)
+            start_by = trio.current_time() + start_timeout if start_timeout else math.inf
             with trio.CancelScope() as idle:
                 while True:
-                    idle.deadline = trio.current_time() + self.limits.idle_timeout
+                    idle.deadline = min(trio.current_time() + self.limits.idle_timeout,
+                                        math.inf if self._configured else start_by)
                     frame = await self.ws.get_message()
                     idle.deadline = math.inf  # waiting on a slow engine below is not the client being idle
                     self.frames_in += 1
                     for event in self.dialect.receive(frame):
                         await self._handle(event)
-            if idle.cancelled_caught:
+            if idle.cancelled_caught and not self._configured and trio.current_time() >= start_by:
+                self._end("idle_timeout", f"no start message within {start_timeout:g} s")
+            elif idle.cancelled_caught:
                 self._end("idle_timeout", f"{self.limits.idle_timeout:g} s without a message")
         except ConnectionClosed as exc:
             code = exc.reason.code if exc.reason else 1006
@@ -213,6 +220,10 @@ class Session:
             self.audio_frames += 1
             await self._out_send.send(AudioAccepted(self.audio_frames))
         elif isinstance(event, Configure):
+            if getattr(self.dialect, "credential_in_start", False) and not self._authorise(self.dialect.credential()):
+                self._end("unauthorised", "missing or invalid API key")  # the key came in the start message
+                await trio.lowlevel.checkpoint()  # we are cancelled here
+            self._configured = True
             await self._audio_send.send(event)
             await self._ready.wait()  # read nothing more until the session has started
         elif isinstance(event, (Reconfigure, Flush, EndOfAudio)):

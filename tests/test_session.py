@@ -8,6 +8,7 @@ import trio
 import trio.testing
 import trio_websocket
 
+from stt.dialects.speechmatics import SpeechmaticsDialect
 from stt.engines.scripted import ScriptedRecognizer
 from stt.engines.inline_host import InlineEngine
 from stt.server import Server, ServerConfig
@@ -184,3 +185,26 @@ async def test_waiting_on_a_slow_engine_is_not_the_client_being_idle(autojump_cl
         await ws.send_message('{"message":"EndOfStream","last_seq_no":10}')
         messages, _ = await receive_all(ws, until="EndOfTranscript")
         assert [m["seq_no"] for m in messages if m["message"] == "AudioAdded"][-1] == 10
+
+
+class StartWithinFifteenSeconds(SpeechmaticsDialect):
+    start_timeout = 15.0
+
+
+async def test_a_dialect_start_timeout_ends_a_session_that_never_starts(autojump_clock, monkeypatch):
+    monkeypatch.setattr("stt.server.dialect_for", lambda path: StartWithinFifteenSeconds)
+    async with session_pair(limits=SessionLimits(idle_timeout=180)) as (server, ws):
+        start = trio.current_time()
+        messages, code = await receive_all(ws)
+        assert 15 <= trio.current_time() - start < 16 and code == 1008
+        assert messages == [{"message": "Error", "type": "idle_timeout",
+                             "reason": "no data received for the idle timeout: no start message within 15 s"}]
+
+
+async def test_a_dialect_start_timeout_stops_counting_once_started(autojump_clock, monkeypatch):
+    monkeypatch.setattr("stt.server.dialect_for", lambda path: StartWithinFifteenSeconds)
+    async with session_pair(limits=SessionLimits(idle_timeout=30)) as (server, ws):
+        await ws.send_message(start_message())
+        start = trio.current_time()
+        messages, code = await receive_all(ws)
+        assert 30 <= trio.current_time() - start < 31 and code == 1008  # the message idle timeout, not 15 s

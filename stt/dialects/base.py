@@ -61,6 +61,12 @@ class Dialect(Protocol):
     rejects_unauthorised: bool
     #: Seconds between SessionStatus events (None: none are sent).
     status_interval: float | None
+    #: The client's key may come in its start message (Scriptix's {"action":"start","key":…}): credential() is
+    #: checked again when the dialect's Configure arrives, and a connection without one is not refused at once.
+    credential_in_start: bool
+    #: Seconds the client has to send its start message (None: only the message idle timeout applies); the
+    #: session then ends with the chart's idle_timeout ending.
+    start_timeout: float | None
     #: Seconds without speech (SpeechStarted/SpeechStopped or words from the engine) that end the session with
     #: the chart's idle_timeout ending (None: only the message idle timeout of SessionLimits applies).
     speech_idle_timeout: float | None

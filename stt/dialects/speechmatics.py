@@ -206,6 +206,8 @@ class SpeechmaticsDialect:
     rejects_unauthorised = False  # a bad key is an Error not_authorised and close 4001
     status_interval = None
     speech_idle_timeout = None
+    credential_in_start = False
+    start_timeout = None
 
     def greeting(self) -> list[str]:
         return []

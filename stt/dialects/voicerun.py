@@ -119,6 +119,8 @@ class VoiceRunDialect:
     rejects_unauthorised = False  # a bad key is close 4001 "Unauthorized" after the upgrade (§5.1)
     status_interval = None
     speech_idle_timeout = None
+    credential_in_start = False
+    start_timeout = None
 
     @staticmethod
     def match(path: str) -> bool:

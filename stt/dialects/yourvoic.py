@@ -72,6 +72,8 @@ class YourVoicDialect:
     rejects_unauthorised = True  # a missing or wrong api_key is HTTP 401 at the upgrade (§2.6)
     status_interval: float | None = STATUS_INTERVAL
     speech_idle_timeout: float | None = SPEECH_IDLE_TIMEOUT
+    credential_in_start = False
+    start_timeout = None
 
     @staticmethod
     def match(path: str) -> bool:
