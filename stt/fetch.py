@@ -1,0 +1,151 @@
+"""Audio the server pulls itself (Scriptix stream mode): a direct file URL, or an HLS playlist (M3U8) of
+MP3/AAC segments, read as it streams. The bytes go to stt.audio like any client's.
+
+Fetching URLs for a client is a server-side request forgery risk: by default a URL whose host resolves to a
+loopback, private, link-local, multicast or reserved address is refused (allow_private lifts that, for a
+server on a private network and for tests). Every URL is checked, redirects and playlist segments included.
+Not covered: a DNS server that answers the check with a public address and the fetch with a private one
+(rebinding); pin the address in a proxy if that matters.
+
+httpx is used (on trio, through anyio) because HTTP/1.1 with redirects, chunked bodies and timeouts is what
+a well-kept client does better than hand-written code.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+from collections.abc import AsyncIterator
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+import trio
+
+#: Largest playlist we read, and most segments we keep track of.
+MAX_PLAYLIST_BYTES = 1 << 20
+CHUNK_BYTES = 32 * 1024
+
+
+class FetchError(Exception):
+    """The audio URL cannot be read; the message says why, for the client."""
+
+
+async def check_url(url: str, *, allow_private: bool = False) -> None:
+    """Refuse what is not http(s), and (unless allow_private) hosts that resolve to non-public addresses."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"the stream URL must be http or https with a host, not {url!r}")
+    if allow_private:
+        return
+    try:
+        infos = await trio.socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+    except OSError as exc:
+        raise FetchError(f"cannot resolve {parts.hostname}: {exc}") from None
+    for *_, sockaddr in infos:
+        address = ipaddress.ip_address(sockaddr[0])
+        if not address.is_global or address.is_multicast:
+            raise FetchError(f"{parts.hostname} resolves to {address}, which is not a public address")
+
+
+def _is_playlist(url: str, content_type: str, head: bytes) -> bool:
+    return (urlsplit(url).path.lower().endswith((".m3u8", ".m3u")) or "mpegurl" in content_type.lower()
+            or head.lstrip().startswith(b"#EXTM3U"))
+
+
+def parse_playlist(text: str, base: str) -> tuple[list[str], list[str], bool, float]:
+    """An M3U8 -> (segment URLs, variant playlist URLs, ended, target duration in seconds)."""
+    segments, variants, ended, target = [], [], False, 6.0
+    lines = [line.strip() for line in text.splitlines()]
+    for i, line in enumerate(lines):
+        if line.startswith("#EXT-X-TARGETDURATION:"):
+            try:
+                target = float(line.split(":", 1)[1])
+            except ValueError:
+                pass
+        elif line == "#EXT-X-ENDLIST":
+            ended = True
+        elif line and not line.startswith("#"):
+            previous = lines[i - 1] if i else ""
+            (variants if previous.startswith("#EXT-X-STREAM-INF") else segments).append(urljoin(base, line))
+    return segments, variants, ended, target
+
+
+async def stream_url(url: str, *, allow_private: bool = False, timeout: float = 15.0,
+                     max_playlist_polls: int | float = math.inf) -> AsyncIterator[bytes]:
+    """The audio bytes at `url`, as they arrive: the body of a file, or the segments of an HLS playlist in
+    order (a live playlist is polled for new segments until it ends)."""
+    async def check_request(request: httpx.Request) -> None:  # every request: redirects and segments too
+        await check_url(str(request.url), allow_private=allow_private)
+
+    async with httpx.AsyncClient(timeout=timeout, follow_redirects=True,
+                                 event_hooks={"request": [check_request]}) as client:
+        try:
+            async with client.stream("GET", url) as response:
+                if response.status_code != 200:
+                    raise FetchError(f"the stream URL answered HTTP {response.status_code}")
+                chunks = response.aiter_bytes(CHUNK_BYTES)
+                first = b""
+                async for first in chunks:
+                    if first:
+                        break
+                if _is_playlist(str(response.url), response.headers.get("content-type", ""), first[:64]):
+                    body = first + b"".join([c async for c in chunks])
+                    if len(body) > MAX_PLAYLIST_BYTES:
+                        raise FetchError("the playlist is too large")
+                    playlist = body.decode("utf-8", "replace")
+                else:
+                    if first:
+                        yield first
+                    async for chunk in chunks:
+                        yield chunk
+                    return
+        except httpx.HTTPError as exc:
+            raise FetchError(f"cannot read the stream URL: {type(exc).__name__}: {exc}") from None
+        async for chunk in _stream_playlist(client, str(response.url), playlist, max_playlist_polls):
+            yield chunk
+
+
+async def _stream_playlist(client: httpx.AsyncClient, url: str, text: str,
+                           max_polls: int | float) -> AsyncIterator[bytes]:
+    segments, variants, ended, target = parse_playlist(text, url)
+    if not segments and variants:  # a master playlist: follow its first variant
+        url = variants[0]
+        text = await _get_text(client, url)
+        segments, _, ended, target = parse_playlist(text, url)
+    if not segments and ended:
+        raise FetchError("the playlist has no segments")
+    seen: set[str] = set()
+    polls = 0
+    while True:
+        for segment in segments:
+            if segment in seen:
+                continue
+            seen.add(segment)
+            try:
+                async with client.stream("GET", segment) as response:
+                    if response.status_code != 200:
+                        raise FetchError(f"a playlist segment answered HTTP {response.status_code}")
+                    async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                        yield chunk
+            except httpx.HTTPError as exc:
+                raise FetchError(f"cannot read a playlist segment: {type(exc).__name__}: {exc}") from None
+        polls += 1
+        if ended or polls > max_polls:
+            return
+        await trio.sleep(max(target / 2, 0.5))  # a live playlist: look again for new segments
+        segments, _, ended, target = parse_playlist(await _get_text(client, url), url)
+
+
+async def _get_text(client: httpx.AsyncClient, url: str) -> str:
+    try:
+        response = await client.get(url)
+    except httpx.HTTPError as exc:
+        raise FetchError(f"cannot read the playlist: {type(exc).__name__}: {exc}") from None
+    if response.status_code != 200:
+        raise FetchError(f"the playlist answered HTTP {response.status_code}")
+    if len(response.content) > MAX_PLAYLIST_BYTES:
+        raise FetchError("the playlist is too large")
+    return response.text
+
+
+__all__ = ["FetchError", "check_url", "parse_playlist", "stream_url"]

@@ -1,0 +1,106 @@
+"""Pulling audio from a URL (Scriptix stream mode) against a local HTTP server: a direct MP3, an HLS playlist
+of AAC segments made from real speech, a master playlist, a live playlist, failures, and the refusal of
+private addresses unless allowed."""
+
+import functools
+import http.server
+import threading
+import wave
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from stt.fetch import FetchError, check_url, parse_playlist, stream_url
+from tests.helpers import encode_audio
+
+DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory):
+    """A directory of audio served over HTTP on 127.0.0.1; yields (base URL, directory)."""
+    root = tmp_path_factory.mktemp("www")
+    with wave.open(str(DATA / "ps_goforward.wav")) as f:
+        samples = np.frombuffer(f.readframes(f.getnframes()), "<i2")
+    (root / "speech.mp3").write_bytes(encode_audio(samples, 16000, "mp3", "libmp3lame"))
+    thirds = np.array_split(samples, 3)
+    for i, part in enumerate(thirds):  # ADTS AAC: segments that join into one stream
+        (root / f"seg{i}.aac").write_bytes(encode_audio(part, 16000, "adts", "aac"))
+    segments = "".join(f"#EXTINF:1.0,\nseg{i}.aac\n" for i in range(3))
+    (root / "speech.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n{segments}#EXT-X-ENDLIST\n")
+    (root / "live.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n{segments}")
+    (root / "master.m3u8").write_text("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=64000\nspeech.m3u8\n")
+    (root / "empty.m3u8").write_text("#EXTM3U\n#EXT-X-ENDLIST\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", root
+    server.shutdown()
+    thread.join()
+
+
+async def read_all(url, **options) -> bytes:
+    return b"".join([chunk async for chunk in stream_url(url, allow_private=True, **options)])
+
+
+async def test_a_direct_file_streams_as_it_is(served):
+    base, root = served
+    assert await read_all(f"{base}/speech.mp3") == (root / "speech.mp3").read_bytes()
+
+
+@pytest.mark.parametrize("playlist", ["speech.m3u8", "master.m3u8"])
+async def test_a_playlist_streams_its_segments_in_order(served, playlist):
+    base, root = served
+    expected = b"".join((root / f"seg{i}.aac").read_bytes() for i in range(3))
+    assert await read_all(f"{base}/{playlist}") == expected
+
+
+async def test_a_live_playlist_is_polled_and_each_segment_read_once(served):
+    base, root = served
+    expected = b"".join((root / f"seg{i}.aac").read_bytes() for i in range(3))
+    assert await read_all(f"{base}/live.m3u8", max_playlist_polls=1) == expected  # one look again, 0.5 s
+
+
+@pytest.mark.parametrize("path, why", [("missing.mp3", "HTTP 404"), ("empty.m3u8", "no segments")])
+async def test_what_cannot_be_read_is_a_fetch_error(served, path, why):
+    base, _ = served
+    with pytest.raises(FetchError, match=why):
+        await read_all(f"{base}/{path}")
+
+
+async def test_an_unreachable_host_is_a_fetch_error():
+    with pytest.raises(FetchError, match="cannot read"):
+        await read_all("http://127.0.0.1:9/nothing.mp3", timeout=2)
+
+
+@pytest.mark.parametrize("url", ["http://127.0.0.1/a.mp3", "http://10.1.2.3/a.mp3", "http://169.254.169.254/latest",
+                                 "http://[::1]/a.mp3", "http://192.168.0.1/a.m3u8", "http://localhost/a.mp3"])
+async def test_private_addresses_are_refused_unless_allowed(url):
+    with pytest.raises(FetchError, match="not a public address"):
+        await check_url(url)
+    await check_url(url, allow_private=True)
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "ftp://example.com/a.mp3", "http:///a.mp3"])
+async def test_only_http_urls_with_a_host(url):
+    with pytest.raises(FetchError, match="must be http or https"):
+        await check_url(url, allow_private=True)
+
+
+async def test_a_refused_redirect_target_is_refused(served):
+    base, _ = served
+    with pytest.raises(FetchError, match="not a public address"):
+        await read_all_public(f"{base}/speech.mp3")
+
+
+async def read_all_public(url):
+    return b"".join([chunk async for chunk in stream_url(url)])
+
+
+def test_parse_playlist_resolves_relative_urls_and_reads_its_tags():
+    text = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\na/1.aac\n#EXTINF:4,\nhttp://cdn/2.aac\n#EXT-X-ENDLIST\n"
+    assert parse_playlist(text, "http://host/live/index.m3u8") == (
+        ["http://host/live/a/1.aac", "http://cdn/2.aac"], [], True, 4.0)
