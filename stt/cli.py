@@ -47,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-message-bytes", type=int, default=limits.max_message_bytes, metavar="BYTES",
                        help="largest message a client may send; larger ones close the session with 1009 "
                             f"(default: {limits.max_message_bytes})")
+    serve.add_argument("--allow-private-urls", action="store_true",
+                       help="let stream modes (Scriptix /v2/client) fetch audio from loopback, private and "
+                            "link-local addresses; refused by default, as a guard against server-side request forgery")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="(default: info)")
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> int:
         decode_workers=args.decode_workers,
         api_keys=tuple(args.api_key),
         limits=SessionLimits(idle_timeout=args.idle_timeout, max_message_bytes=args.max_message_bytes),
+        allow_private_urls=args.allow_private_urls,
     )
     try:
         trio.run(serve, config)

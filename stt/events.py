@@ -50,6 +50,14 @@ class Reconfigure:
 
 
 @attrs.frozen
+class FetchAudio:
+    """The server reads the audio itself from `url` (Scriptix stream mode) instead of from client frames; it
+    is decoded like client audio (send a Configure first), and its end is the end of the audio."""
+
+    url: str
+
+
+@attrs.frozen
 class Audio:
     data: bytes = attrs.field(repr=lambda b: f"<{len(b)} bytes>")
 

@@ -33,6 +33,7 @@ class ServerConfig:
     engine_options: dict = attrs.field(factory=dict)  # passed to the engine (e.g. the scripted engine's script)
     api_keys: tuple[str, ...] = ()
     limits: SessionLimits = SessionLimits()
+    allow_private_urls: bool = False  # stream modes may fetch from loopback/private addresses
 
 
 class KeyRing:
@@ -96,7 +97,8 @@ class Server:
             return
         ws = await request.accept()
         lifecycle.advance("accept")
-        session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits, authorise=self.keys.allows)
+        session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits, authorise=self.keys.allows,
+                          allow_private_urls=self.config.allow_private_urls)
         self.sessions.add(session)
         try:
             ending = await session.run()

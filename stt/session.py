@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from contextlib import aclosing
 from typing import Callable
 
 import attrs
@@ -30,6 +31,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 from stt.audio import BadAudio, UnsupportedAudio, open_decoder
 from stt.dialects.base import Dialect
 from stt.engines.base import Engine, StreamSettings
+from stt.fetch import FetchError, stream_url
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -37,6 +39,7 @@ from stt.events import (
     Configure,
     EndOfAudio,
     EndOfTranscript,
+    FetchAudio,
     Final,
     Flush,
     Partial,
@@ -85,6 +88,7 @@ class Session:
         *,
         limits: SessionLimits = SessionLimits(),
         authorise: Callable[[str | None], bool] = lambda credential: True,
+        allow_private_urls: bool = False,
     ):
         self.id = str(uuid.uuid4())
         self.ws = ws
@@ -94,6 +98,9 @@ class Session:
         self.limits = limits
         self._authorise = authorise  # the server's key check: credential -> allowed
         self._configured = False  # the dialect's start message (a Configure) has arrived
+        self.allow_private_urls = allow_private_urls  # FetchAudio may read from private addresses
+        self._idle: trio.CancelScope | None = None  # the reader's idle timer
+        self._fetching = False  # the server reads the audio itself: a silent client is not idle
         self.ending: Ending | None = None
         self.frames_in = 0
         self.audio_frames = 0
@@ -182,9 +189,10 @@ class Session:
             start_timeout = getattr(self.dialect, "start_timeout", None)
             start_by = trio.current_time() + start_timeout if start_timeout else math.inf
             with trio.CancelScope() as idle:
+                self._idle = idle
                 while True:
-                    idle.deadline = min(trio.current_time() + self.limits.idle_timeout,
-                                        math.inf if self._configured else start_by)
+                    idle.deadline = math.inf if self._fetching else min(
+                        trio.current_time() + self.limits.idle_timeout, math.inf if self._configured else start_by)
                     frame = await self.ws.get_message()
                     idle.deadline = math.inf  # waiting on a slow engine below is not the client being idle
                     self.frames_in += 1
@@ -215,6 +223,11 @@ class Session:
                 await self._out_send.send(event)
         elif isinstance(event, Reply):
             await self._out_send.send(event)
+        elif isinstance(event, FetchAudio):
+            self._fetching = True
+            if self._idle is not None:
+                self._idle.deadline = math.inf
+            self._nursery.start_soon(self._fetch, event.url)
         elif isinstance(event, Audio):
             await self._audio_send.send(event)
             self.audio_frames += 1
@@ -331,6 +344,18 @@ class Session:
                         self._nursery.start_soon(self._close_after_grace)
         if sending.cancelled_caught:
             self._end("dropped", f"the client read nothing for {self.limits.send_timeout:g} s")
+
+    async def _fetch(self, url: str) -> None:
+        """Audio the server reads itself goes the way client audio goes, then ends the audio."""
+        try:
+            async with aclosing(stream_url(url, allow_private=self.allow_private_urls)) as chunks:
+                async for chunk in chunks:
+                    await self._audio_send.send(Audio(chunk))
+                    self.audio_frames += 1
+        except FetchError as exc:
+            self._end("bad_audio", str(exc))
+            return
+        await self._audio_send.send(EndOfAudio())
 
     async def _status(self, interval: float) -> None:
         """The dialect's periodic status message."""
