@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from stt.dialects.scriptix import ScriptixDialect
 from stt.dialects.speechmatics import SpeechmaticsDialect
+from stt.dialects.vblaze import VBlazeDialect
 from stt.dialects.voicerun import VoiceRunDialect
 from stt.dialects.yourvoic import YourVoicDialect
 
-DIALECTS = (SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect)
+# Scriptix's /v2/realtime and /v2/client/… come before Speechmatics, whose /v2/<language> would take them.
+DIALECTS = (ScriptixDialect, SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect, VBlazeDialect)
 
 
 def dialect_for(path: str):

@@ -1,0 +1,275 @@
+"""Scriptix real-time, microphone mode, sans-IO (../shared/protocols.md §3; chart: statecharts/scriptix.yaml).
+
+    connect /v2/realtime?token=…&type=fast|quality&language=en → {"action":"start"} →
+    {"state":"listening","session_id":…} → binary PCM* → partials, finals → {"action":"stop"} →
+    remaining finals → {"state":"stopped"} → the server closes with 1000
+
+Frames are compact JSON (json.dumps with separators=(",", ":")): the vendor's own clients find control
+messages by raw substring ('"state":"stopped"', '"listening"'), so no spaces and no extra keys.
+
+Two result shapes (§3.3), chosen by our query parameter `shape` (not the vendor's):
+  * k (default), the vendor's current wire:
+      {"partial":"<text>"}
+      {"result":[[word,start_ms,end_ms,confidence],…],"speaker":"Speaker 1","text":"<text>"}
+  * v, the documented v2 shape:
+      {"text":…,"is_final":false,"offset_ms":…,"stability":…}
+      {"text":…,"is_final":true,"offset_ms":…,"words":[[word,start_ms,end_ms,confidence],…],"speaker":"Speaker 1"}
+
+Our choices where the vendor is silent:
+  * Times are integer ms of audio since the stream began. `offset_ms` is where the result ends (its last
+    word's end; for an empty final, where the utterance was cut): it grows through a stream, like the
+    documented example. `stability` is the partial's mean word confidence (2 decimals). Confidences have 2
+    decimals. `speaker` is always "Speaker 1" (the vendor's new engine does the same).
+  * actual_numbers: the words pass through stt.text.smart_format (Deepgram-style: "twenty five" → "25",
+    "one two" and lone small numbers stay words). A number spoken in several words becomes one result item,
+    from the first word's start to the last word's end, with the lowest confidence of its words; `text` is
+    always the items joined by spaces, so it can be rebuilt from the items.
+  * {"state":"loading"} (listed in the v2 documents) is never sent, in either shape: the vendor's own v2
+    client (client_v2.py) takes the first message after its start action to be the one with "listening".
+  * An empty partial is not sent; an empty final only to replace a partial that came to nothing.
+  * Audio before the start action is ignored (a warning rule; Scriptix sends nothing). Audio pipelined after
+    the start action, before {"state":"listening"} arrives, is kept: the server reads nothing more until the
+    recognizer is open, so it is never lost.
+  * Errors: {"error":"<message>"} (plus what was wrong with the client's frame). Which ones close, and with
+    which code, is in the chart's header.
+  * The token: the query's `token`, else the headers x-zoom-s2t-key, x-api-key, api-key. A connection
+    without one may bring it in the start action's "key" (credential_in_start: the session checks it when the
+    start arrives); a connection that brings one is checked at once, and a "key" in its start is ignored.
+  * Stream mode (/v2/client/{token}?url=…) is not served yet: {"error":"stream mode is not supported yet"},
+    then close 1000 (after the token check, the token being the path's).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+from stt.dialects.base import Handshake, refused
+from stt.events import (
+    Audio,
+    AudioAccepted,
+    AudioFormat,
+    Configure,
+    EndOfAudio,
+    EndOfTranscript,
+    Final,
+    Partial,
+    Reply,
+    SessionStarted,
+    SessionStatus,
+    SpeechStarted,
+    SpeechStopped,
+    Violation,
+    Word,
+)
+from stt.statechart import load_chart
+from stt.text import smart_format
+
+PATH = re.compile(r"^/v2/realtime/?$")
+STREAM_PATH = re.compile(r"^/v2/client/(?P<token>[^/]+)/?$")
+TYPES = ("fast", "quality")  # both served by the same recognizer
+DEFAULT_TYPE = "fast"
+LANGUAGE = re.compile(r"^en(?:[-_][a-z]{2,3})?$", re.IGNORECASE)
+SHAPES = ("k", "v")
+DEFAULT_SHAPE = "k"
+SPEAKER = "Speaker 1"
+TOKEN_HEADERS = ("x-zoom-s2t-key", "x-api-key", "api-key")
+START_TIMEOUT = 15.0  # seconds the client has to send its start action (§3.5)
+_START_OPTIONS = {"key": str, "partial": bool, "actual_numbers": bool}
+
+
+class ScriptixError(ValueError):
+    def __init__(self, rule_id: str, detail: str):
+        super().__init__(detail)
+        self.rule_id = rule_id
+
+
+class ScriptixDialect:
+    name = "scriptix"
+    chart = load_chart("scriptix").with_endings_from(load_chart("lifecycle"))
+
+    closes_after_end = True  # {"state":"stopped"} is the last message; the server closes 1000 at once
+    rejects_unauthorised = False  # a bad token is {"error":…} and close 1008 after the upgrade (§3.7)
+    status_interval = None
+    speech_idle_timeout = None
+    start_timeout: float | None = START_TIMEOUT
+    credential_in_start = True  # per connection: False when the upgrade brought a token (see __init__)
+
+    @staticmethod
+    def match(path: str) -> bool:
+        return PATH.match(path) is not None or STREAM_PATH.match(path) is not None
+
+    def __init__(self, handshake: Handshake):
+        self.handshake = handshake
+        self.machine = self.chart.machine()
+        stream = STREAM_PATH.match(handshake.path)
+        self.stream_mode = stream is not None
+        self._handshake_token = stream.group("token") if stream else _handshake_token(handshake)
+        #: No token at the upgrade: the start action's "key" may bring it (the session checks it then).
+        self.credential_in_start = self._handshake_token is None
+        self._start_key: str | None = None
+        self.shape = DEFAULT_SHAPE
+        self.model_type = DEFAULT_TYPE
+        self.partial = True
+        self.actual_numbers = False
+        self._partial_shown = False  # a partial was sent that no final has replaced yet
+
+    def credential(self) -> str | None:
+        return self._handshake_token if self._handshake_token is not None else self._start_key
+
+    def greeting(self) -> list[str]:
+        return []
+
+    # --- the query string ---------------------------------------------------------------------------------
+
+    def on_open(self) -> list:
+        if self.stream_mode:
+            return [self._violation("SX-STREAM-001", "")]
+        try:
+            self._read_query(self.handshake.query)
+        except ScriptixError as exc:
+            return [self._violation(exc.rule_id, str(exc))]
+        return []  # the start action opens the recognizer
+
+    def _read_query(self, query: dict[str, str]) -> None:
+        model_type = query.get("type") or DEFAULT_TYPE
+        if model_type not in TYPES:
+            raise ScriptixError("SX-PARAM-001", f"type {model_type!r} is not fast or quality")
+        language = query.get("language") or "en"
+        if not LANGUAGE.match(language):
+            raise ScriptixError("SX-PARAM-002", f"language {language!r} is not supported (supported: en)")
+        shape = (query.get("shape") or DEFAULT_SHAPE).lower()
+        if shape not in SHAPES:
+            raise ScriptixError("SX-PARAM-003", f"shape {shape!r} is not k or v")
+        self.model_type, self.shape = model_type, shape
+
+    # --- frames in ----------------------------------------------------------------------------------------
+
+    def receive(self, frame: str | bytes) -> list:
+        if isinstance(frame, (bytes, bytearray)):
+            return refused(self.machine.fire("audio")) or ([Audio(bytes(frame))] if frame else [])
+        try:
+            msg = json.loads(frame)
+        except ValueError as exc:
+            return [self._violation("SX-MSG-001", f"not JSON ({exc.msg})")]
+        if not isinstance(msg, dict) or not isinstance(msg.get("action"), str):
+            return [self._violation("SX-MSG-001", 'no "action"')]
+        action = msg["action"]
+        if action == "start":
+            rule_id = self.chart.forbidden.get((self.machine.state, "start"))
+            if rule_id is not None:
+                return [self._violation(rule_id, "")]
+            try:
+                configure = self._start(msg)
+            except ScriptixError as exc:
+                return [self._violation(exc.rule_id, str(exc))]
+            self.machine.fire("start")
+            return [configure]
+        if action == "stop":
+            return refused(self.machine.fire("stop")) or [EndOfAudio()]
+        return [self._violation("SX-MSG-002", repr(action))]
+
+    def _start(self, msg: dict) -> Configure:
+        for name, kind in _START_OPTIONS.items():
+            value = msg.get(name)
+            if value is not None and not isinstance(value, kind):
+                raise ScriptixError("SX-START-001", f'"{name}" must be {"a string" if kind is str else "true or false"}')
+        if self.credential_in_start:
+            self._start_key = msg.get("key") or None
+        self.partial = msg.get("partial", True) is not False
+        self.actual_numbers = msg.get("actual_numbers") is True
+        return Configure(AudioFormat("pcm_s16le", 16000, sniff=True), language="en", partials=self.partial)
+
+    def _violation(self, rule_id: str, detail: str) -> Violation:
+        return Violation(self.chart.rule(rule_id), detail)
+
+    # --- frames out ---------------------------------------------------------------------------------------
+
+    def render(self, item: Any) -> list[str]:
+        if isinstance(item, Partial):
+            items = self.items(item.words)
+            if not self.partial or not items:
+                return []
+            self._partial_shown = True
+            text = _text(items)
+            if self.shape == "k":
+                return [_dump({"partial": text})]
+            stability = round(sum(w.confidence for w in item.words) / len(item.words), 2)
+            return [_dump({"text": text, "is_final": False, "offset_ms": _ms(item.end), "stability": stability})]
+        if isinstance(item, Final):
+            items = self.items(item.words)
+            if not items and not self._partial_shown:
+                return []  # nothing was said and nothing shown
+            self._partial_shown = False
+            text = _text(items)
+            if self.shape == "k":
+                return [_dump({"result": items, "speaker": SPEAKER, "text": text})]
+            return [_dump({"text": text, "is_final": True, "offset_ms": _ms(item.end), "words": items,
+                           "speaker": SPEAKER})]
+        if isinstance(item, SessionStarted):
+            self.machine.advance("listening")
+            return [_dump({"state": "listening", "session_id": _hex(item.session_id)})]
+        if isinstance(item, EndOfTranscript):
+            self.machine.advance("stopped")
+            return ['{"state":"stopped"}']
+        if isinstance(item, (SpeechStarted, SpeechStopped, AudioAccepted, SessionStatus)):
+            return []  # Scriptix reports no voice activity, acknowledges no audio and sends no status
+        if isinstance(item, Reply):
+            return list(item.frames)
+        if isinstance(item, Violation):
+            return self.render_violation(item)
+        raise TypeError(f"scriptix cannot render {item!r}")
+
+    def render_violation(self, violation: Violation) -> list[str]:
+        rule = violation.rule
+        if rule.id == "SX-ORDER-002":  # stop before start: the normal answer to a stop, then 1000
+            return ['{"state":"stopped"}']
+        if rule.error is None:
+            return []  # warnings and the lifecycle's own endings: Scriptix has no message for them
+        # The session's endings (timeout, token, ...) carry the vendor-like text alone; a client's frame that
+        # broke a rule also says what was wrong with it.
+        ending = rule.id in self.chart.endings.values()
+        text = rule.message if ending or not violation.detail else f"{rule.message}: {violation.detail}"
+        return [_dump({"error": text})]
+
+    def items(self, words: tuple[Word, ...] | list[Word]) -> list[list]:
+        """The result items [word, start_ms, end_ms, confidence] of `words`; with actual_numbers, a number
+        spoken in several words is one item spanning them, with their lowest confidence."""
+        if not self.actual_numbers:
+            return [[w.text, _ms(w.start), _ms(w.end), round(w.confidence, 2)] for w in words]
+        out = []
+        for token in smart_format([w.text for w in words]):
+            span = words[token.start:token.end]
+            out.append([token.text, _ms(span[0].start), _ms(span[-1].end), round(min(w.confidence for w in span), 2)])
+        return out
+
+
+def _handshake_token(handshake: Handshake) -> str | None:
+    token = handshake.query.get("token")
+    if token:
+        return token
+    for name in TOKEN_HEADERS:
+        if handshake.headers.get(name):
+            return handshake.headers[name]
+    return None
+
+
+def _text(items: list[list]) -> str:
+    return " ".join(item[0] for item in items)
+
+
+def _ms(seconds: float) -> int:
+    return int(round(seconds * 1000))
+
+
+def _hex(session_id: str) -> str:
+    try:
+        return uuid.UUID(session_id).hex
+    except ValueError:
+        return session_id
+
+
+def _dump(obj: dict) -> str:
+    return json.dumps(obj, separators=(",", ":"))
