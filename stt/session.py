@@ -108,6 +108,7 @@ class Session:
         self._last_speech = trio.current_time()  # when the engine last reported speech (or the session began)
         self._finished = False  # the dialect's end-of-stream exchange is complete
         self._ready = trio.Event()
+        self._greeted = trio.Event()  # the greeting (if any) has gone out
         self._nursery: trio.Nursery | None = None
         self._audio_send, self._audio_recv = trio.open_memory_channel(limits.audio_queue)
         self._out_send, self._out_recv = trio.open_memory_channel(limits.result_queue)
@@ -116,7 +117,7 @@ class Session:
 
     async def run(self) -> Ending:
         log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect.handshake.path)
-        if not self._authorise(self.dialect.credential()) and not getattr(self.dialect, "credential_in_start", False):
+        if not self._authorise(self.dialect.credential()) and not self.dialect.credential_in_start:
             self._end("unauthorised", "missing or invalid API key")
         else:
             try:
@@ -128,19 +129,25 @@ class Session:
                         greeting = self.dialect.greeting()
                         if greeting:
                             await self._out_send.send(Reply(tuple(greeting)))
-                        async with trio.open_nursery() as nursery:
-                            self._nursery = nursery
-                            nursery.start_soon(self._reader)
-                            nursery.start_soon(self._decoder)
-                            if self.dialect.status_interval:
-                                nursery.start_soon(self._status, self.dialect.status_interval)
-                            if self.dialect.speech_idle_timeout:
-                                nursery.start_soon(self._speech_idle, self.dialect.speech_idle_timeout)
+                            await self._greeted.wait()  # sent before anything the client's frames cause
+                        if self.ending is None:  # else the client went away during the greeting
+                            await self._run_tasks()
             except Exception as exc:  # a bug in the server: end this session, keep serving the others
                 log.exception("session %s failed", self.id)
                 self._end("internal_error", f"{type(exc).__name__}")
         await self._close()
         return self.ending
+
+    async def _run_tasks(self) -> None:
+        """The tasks an ending cancels: reader, decoder, and the timers the dialect asks for."""
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._reader)
+            nursery.start_soon(self._decoder)
+            if self.dialect.status_interval:
+                nursery.start_soon(self._status, self.dialect.status_interval)
+            if self.dialect.speech_idle_timeout:
+                nursery.start_soon(self._speech_idle, self.dialect.speech_idle_timeout)
 
     def _end(self, ending: str | Rule, detail: str = "") -> None:
         """Decide how the session ends (the first decision wins) and stop its tasks."""
@@ -186,7 +193,7 @@ class Session:
         try:
             for event in self.dialect.on_open():  # what the handshake alone settles (YourVoic: its query string)
                 await self._handle(event)
-            start_timeout = getattr(self.dialect, "start_timeout", None)
+            start_timeout = self.dialect.start_timeout
             start_by = trio.current_time() + start_timeout if start_timeout else math.inf
             with trio.CancelScope() as idle:
                 self._idle = idle
@@ -233,7 +240,7 @@ class Session:
             self.audio_frames += 1
             await self._out_send.send(AudioAccepted(self.audio_frames))
         elif isinstance(event, Configure):
-            if getattr(self.dialect, "credential_in_start", False) and not self._authorise(self.dialect.credential()):
+            if self.dialect.credential_in_start and not self._authorise(self.dialect.credential()):
                 self._end("unauthorised", "missing or invalid API key")  # the key came in the start message
                 await trio.lowlevel.checkpoint()  # we are cancelled here
             self._configured = True
@@ -322,28 +329,32 @@ class Session:
     # --- writer -------------------------------------------------------------------------------------------
 
     async def _writer(self) -> None:
-        with trio.CancelScope() as sending:
-            async for item in self._out_recv:
-                if self.ending is not None:
-                    return  # what is still queued is dropped: the session is over
-                if isinstance(item, (SpeechStarted, SpeechStopped)) or (isinstance(item, (Partial, Final))
-                                                                         and item.words):
-                    self._last_speech = trio.current_time()
-                for frame in item.frames if isinstance(item, Reply) else self.dialect.render(item):
-                    sending.deadline = trio.current_time() + self.limits.send_timeout
-                    try:
-                        await self.ws.send_message(frame)
-                    except ConnectionClosed:
-                        return  # the reader sees the close and ends the session
-                sending.deadline = math.inf
-                if isinstance(item, EndOfTranscript):
-                    self._finished = True
-                    if self.dialect.closes_after_end:
-                        self._end("normal")
-                    else:
-                        self._nursery.start_soon(self._close_after_grace)
-        if sending.cancelled_caught:
-            self._end("dropped", f"the client read nothing for {self.limits.send_timeout:g} s")
+        try:
+            with trio.CancelScope() as sending:
+                async for item in self._out_recv:
+                    if self.ending is not None:
+                        return  # what is still queued is dropped: the session is over
+                    if isinstance(item, (SpeechStarted, SpeechStopped)) or (isinstance(item, (Partial, Final))
+                                                                             and item.words):
+                        self._last_speech = trio.current_time()
+                    for frame in item.frames if isinstance(item, Reply) else self.dialect.render(item):
+                        sending.deadline = trio.current_time() + self.limits.send_timeout
+                        try:
+                            await self.ws.send_message(frame)
+                        except ConnectionClosed:
+                            return  # the reader sees the close and ends the session
+                    sending.deadline = math.inf
+                    self._greeted.set()
+                    if isinstance(item, EndOfTranscript):
+                        self._finished = True
+                        if self.dialect.closes_after_end:
+                            self._end("normal")
+                        else:
+                            self._nursery.start_soon(self._close_after_grace)
+            if sending.cancelled_caught:
+                self._end("dropped", f"the client read nothing for {self.limits.send_timeout:g} s")
+        finally:
+            self._greeted.set()  # however the writer ends, the session must not wait on the greeting
 
     async def _fetch(self, url: str) -> None:
         """Audio the server reads itself goes the way client audio goes, then ends the audio."""

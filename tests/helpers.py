@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import json
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 import trio
@@ -123,3 +124,22 @@ def feed_in_chunks(decoder, data: bytes, sizes: list[int]) -> np.ndarray:
     out.append(decoder.finish())
     out = [o for o in out if o.shape[-1]]
     return np.concatenate(out, axis=-1) if out else np.zeros(0, np.int16)
+
+
+@contextmanager
+def serve_directory(root) -> Iterator[str]:
+    """An HTTP server on 127.0.0.1 serving the files in `root`, in a thread; yields its base URL."""
+    import functools
+    import http.server
+    import threading
+
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
+    handler.log_message = lambda *args: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()

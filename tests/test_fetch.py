@@ -2,9 +2,6 @@
 of AAC segments made from real speech, a master playlist, a live playlist, failures, and the refusal of
 private addresses unless allowed."""
 
-import functools
-import http.server
-import threading
 import wave
 from pathlib import Path
 
@@ -12,7 +9,7 @@ import numpy as np
 import pytest
 
 from stt.fetch import FetchError, check_url, parse_playlist, stream_url
-from tests.helpers import encode_audio
+from tests.helpers import encode_audio, serve_directory
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -32,14 +29,8 @@ def served(tmp_path_factory):
     (root / "live.m3u8").write_text(f"#EXTM3U\n#EXT-X-TARGETDURATION:1\n{segments}")
     (root / "master.m3u8").write_text("#EXTM3U\n#EXT-X-STREAM-INF:BANDWIDTH=64000\nspeech.m3u8\n")
     (root / "empty.m3u8").write_text("#EXTM3U\n#EXT-X-ENDLIST\n")
-    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(root))
-    handler.log_message = lambda *args: None
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}", root
-    server.shutdown()
-    thread.join()
+    with serve_directory(root) as base:
+        yield base, root
 
 
 async def read_all(url, **options) -> bytes:

@@ -216,12 +216,11 @@ async def test_bad_query_parameters_are_an_error_then_close_1000(query, error):
         await assert_served(server)
 
 
-async def test_stream_mode_is_not_supported_yet():
+async def test_stream_mode_without_a_url_is_an_error():
     async with running_server() as server:
-        path = "/v2/client/tok"
-        async with open_websocket_url(url(server, path, url="https://example.com/live.m3u8", type="fast")) as ws:
+        async with open_websocket_url(url(server, "/v2/client/tok", type="fast")) as ws:
             frames, code = await receive_raw(ws)
-        assert frames == ['{"error":"stream mode is not supported yet"}'] and code == 1000
+        assert frames == ['{"state":"loading"}', '{"error":"missing stream URL"}'] and code == 1000
         await wait_until(lambda: server.endings[("scriptix", "violation", "SX-STREAM-001")] == 1)
 
 

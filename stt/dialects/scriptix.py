@@ -35,8 +35,12 @@ Our choices where the vendor is silent:
   * The token: the query's `token`, else the headers x-zoom-s2t-key, x-api-key, api-key. A connection
     without one may bring it in the start action's "key" (credential_in_start: the session checks it when the
     start arrives); a connection that brings one is checked at once, and a "key" in its start is ignored.
-  * Stream mode (/v2/client/{token}?url=…) is not served yet: {"error":"stream mode is not supported yet"},
-    then close 1000 (after the token check, the token being the path's).
+  * Stream mode (/v2/client/{token}?url=…): the token is the path's; the server sends {"state":"loading"},
+    opens the recognizer and reads the URL itself (a direct file, or an HLS playlist of MP3/AAC segments; see
+    stt.fetch, which refuses private addresses unless --allow-private-urls), sends {"state":"listening"},
+    transcribes as it reads, and ends with {"state":"stopped"} and close 1000. No start action is needed; a
+    stop ends it early. A URL that cannot be read or is not audio: {"error":…} and close 1000. Binary frames
+    from the client are ignored (a warning rule).
 """
 
 from __future__ import annotations
@@ -54,6 +58,7 @@ from stt.events import (
     Configure,
     EndOfAudio,
     EndOfTranscript,
+    FetchAudio,
     Final,
     Partial,
     Reply,
@@ -120,18 +125,22 @@ class ScriptixDialect:
         return self._handshake_token if self._handshake_token is not None else self._start_key
 
     def greeting(self) -> list[str]:
-        return []
+        return ['{"state":"loading"}'] if self.stream_mode else []
 
     # --- the query string ---------------------------------------------------------------------------------
 
     def on_open(self) -> list:
-        if self.stream_mode:
-            return [self._violation("SX-STREAM-001", "")]
         try:
             self._read_query(self.handshake.query)
         except ScriptixError as exc:
             return [self._violation(exc.rule_id, str(exc))]
-        return []  # the start action opens the recognizer
+        if not self.stream_mode:
+            return []  # the start action opens the recognizer
+        url = self.handshake.query.get("url")
+        if not url:
+            return [self._violation("SX-STREAM-001", "")]
+        self.machine.fire("start")  # the server starts by itself
+        return [Configure(AudioFormat("file"), language="en", partials=True), FetchAudio(url)]
 
     def _read_query(self, query: dict[str, str]) -> None:
         model_type = query.get("type") or DEFAULT_TYPE
@@ -149,6 +158,8 @@ class ScriptixDialect:
 
     def receive(self, frame: str | bytes) -> list:
         if isinstance(frame, (bytes, bytearray)):
+            if self.stream_mode:  # the server reads the audio itself
+                return [self._violation("SX-STREAM-002", f"{len(frame)} bytes")]
             return refused(self.machine.fire("audio")) or ([Audio(bytes(frame))] if frame else [])
         try:
             msg = json.loads(frame)
@@ -228,10 +239,10 @@ class ScriptixDialect:
             return ['{"state":"stopped"}']
         if rule.error is None:
             return []  # warnings and the lifecycle's own endings: Scriptix has no message for them
-        # The session's endings (timeout, token, ...) carry the vendor-like text alone; a client's frame that
-        # broke a rule also says what was wrong with it.
-        ending = rule.id in self.chart.endings.values()
-        text = rule.message if ending or not violation.detail else f"{rule.message}: {violation.detail}"
+        # Timeouts, a bad token and internal failures carry the vendor-like text alone; a client's frame that
+        # broke a rule, and audio that could not be read or decoded, also say what was wrong.
+        terse = rule.id in self.chart.endings.values() and rule.id != "SX-AUDIO-001"
+        text = rule.message if terse or not violation.detail else f"{rule.message}: {violation.detail}"
         return [_dump({"error": text})]
 
     def items(self, words: tuple[Word, ...] | list[Word]) -> list[list]:

@@ -138,6 +138,8 @@ class VBlazeDialect:
     rejects_unauthorised = True  # with API keys configured, a missing or wrong `token` tag is HTTP 401
     status_interval = None
     speech_idle_timeout = None
+    credential_in_start = False
+    start_timeout = None
 
     @staticmethod
     def match(path: str) -> bool:

@@ -16,6 +16,7 @@ from stt.events import (
     Configure,
     EndOfAudio,
     EndOfTranscript,
+    FetchAudio,
     Final,
     Partial,
     SessionStarted,
@@ -100,12 +101,22 @@ def test_unsupported_language_error_names_it():
     assert frame == '{"error":"unsupported language: language \'nl\' is not supported (supported: en)"}'
 
 
-def test_stream_mode_is_answered_honestly():
+def test_stream_mode_reads_the_url_itself():
     d = ScriptixDialect(Handshake.from_target("/v2/client/tok?url=https://example.com/a.mp3&type=fast"))
     assert d.credential() == "tok" and not d.credential_in_start
+    assert d.greeting() == ['{"state":"loading"}']
+    configure, fetch = d.on_open()
+    assert configure.audio == AudioFormat("file") and fetch == FetchAudio("https://example.com/a.mp3")
+    assert d.machine.state == "starting"
+    [v] = d.receive(b"\x00\x00")  # the client's own audio is ignored
+    assert v.rule.id == "SX-STREAM-002" and not v.rule.fatal and d.render_violation(v) == []
+
+
+def test_stream_mode_without_a_url_is_an_error():
+    d = ScriptixDialect(Handshake.from_target("/v2/client/tok?type=fast"))
     v = violation(d.on_open())
     assert v.rule.id == "SX-STREAM-001" and v.rule.close == 1000
-    assert d.render_violation(v) == ['{"error":"stream mode is not supported yet"}']
+    assert d.render_violation(v) == ['{"error":"missing stream URL"}']
 
 
 # --- the token -------------------------------------------------------------------------------------------
