@@ -181,7 +181,9 @@ class Session:
         self.lifecycle.advance("end")
         self.dialect.machine.advance("close")
         log.log(
-            logging.INFO if ending.name in ("normal", "client_closed") or rule.close == 1000 else logging.WARNING,
+            # A client that closes before the exchange completes loses results: a client error, logged as such.
+            logging.INFO if ending.name == "normal" or (rule.close == 1000 and ending.name != "client_closed")
+            else logging.WARNING,
             "session %s closed %s: %s %s%s (frames in %d, audio frames %d)",
             self.id, 1006 if code is None else code, ending.name, rule.id, f": {ending.detail}" if ending.detail else "",
             self.frames_in, self.audio_frames,
