@@ -89,7 +89,11 @@ async def stream_url(url: str, *, allow_private: bool = False, timeout: float = 
                     if first:
                         break
                 if _is_playlist(str(response.url), response.headers.get("content-type", ""), first[:64]):
-                    body = first + b"".join([c async for c in chunks])
+                    body = bytearray(first)
+                    async for chunk in chunks:
+                        body += chunk
+                        if len(body) > MAX_PLAYLIST_BYTES:  # checked as it arrives: nothing unbounded is held
+                            break
                     if len(body) > MAX_PLAYLIST_BYTES:
                         raise FetchError("the playlist is too large")
                     playlist = body.decode("utf-8", "replace")
@@ -137,15 +141,18 @@ async def _stream_playlist(client: httpx.AsyncClient, url: str, text: str,
 
 
 async def _get_text(client: httpx.AsyncClient, url: str) -> str:
+    body = bytearray()
     try:
-        response = await client.get(url)
+        async with client.stream("GET", url) as response:
+            if response.status_code != 200:
+                raise FetchError(f"the playlist answered HTTP {response.status_code}")
+            async for chunk in response.aiter_bytes(CHUNK_BYTES):
+                body += chunk
+                if len(body) > MAX_PLAYLIST_BYTES:
+                    raise FetchError("the playlist is too large")
     except httpx.HTTPError as exc:
         raise FetchError(f"cannot read the playlist: {type(exc).__name__}: {exc}") from None
-    if response.status_code != 200:
-        raise FetchError(f"the playlist answered HTTP {response.status_code}")
-    if len(response.content) > MAX_PLAYLIST_BYTES:
-        raise FetchError("the playlist is too large")
-    return response.text
+    return body.decode("utf-8", "replace")
 
 
 __all__ = ["FetchError", "check_url", "parse_playlist", "stream_url"]

@@ -95,3 +95,10 @@ def test_parse_playlist_resolves_relative_urls_and_reads_its_tags():
     text = "#EXTM3U\n#EXT-X-TARGETDURATION:4\n#EXTINF:4,\na/1.aac\n#EXTINF:4,\nhttp://cdn/2.aac\n#EXT-X-ENDLIST\n"
     assert parse_playlist(text, "http://host/live/index.m3u8") == (
         ["http://host/live/a/1.aac", "http://cdn/2.aac"], [], True, 4.0)
+
+
+async def test_a_playlist_over_the_size_limit_is_refused_as_it_arrives(served, monkeypatch):
+    base, _ = served
+    monkeypatch.setattr("stt.fetch.MAX_PLAYLIST_BYTES", 100)
+    with pytest.raises(FetchError, match="too large"):
+        await read_all(f"{base}/speech.m3u8")
