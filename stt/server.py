@@ -59,6 +59,8 @@ class Server:
         self.sessions: set[Session] = set()
         #: (dialect, ending, rule id) -> sessions that ended so; bounded by the number of rules
         self.endings: collections.Counter[tuple[str, str, str]] = collections.Counter()
+        #: Rules clients broke without ending their session (warnings, non-fatal errors), by (dialect, rule id).
+        self.violations: collections.Counter[tuple[str, str]] = collections.Counter()
         self.port: int | None = None
 
     async def handle(self, request: WebSocketRequest) -> None:
@@ -103,6 +105,8 @@ class Server:
         try:
             ending = await session.run()
             self.endings[(dialect.name, ending.name, ending.rule.id)] += 1
+            for rule_id, count in session.violations.items():
+                self.violations[(dialect.name, rule_id)] += count
         finally:
             self.sessions.discard(session)
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
+from collections import Counter
 from contextlib import aclosing
 from typing import Callable
 
@@ -103,6 +104,7 @@ class Session:
         self._fetching = False  # the server reads the audio itself: a silent client is not idle
         self.ending: Ending | None = None
         self.frames_in = 0
+        self.violations: Counter[str] = Counter()  # rules the client broke without ending the session
         self.audio_frames = 0
         self.audio_samples = 0  # decoded, at the engine's rate
         self._last_speech = trio.current_time()  # when the engine last reported speech (or the session began)
@@ -229,6 +231,7 @@ class Session:
                 await trio.lowlevel.checkpoint()  # we are cancelled here
             else:
                 log.info("session %s: %s %s", self.id, event.rule.id, event.detail)
+                self.violations[event.rule.id] += 1
                 await self._out_send.send(event)
         elif isinstance(event, Reply):
             await self._out_send.send(event)

@@ -99,6 +99,7 @@ async def test_audio_after_end_of_stream_is_warned_about_and_not_acknowledged():
         assert [m["seq_no"] for m in messages if m["message"] == "AudioAdded"] == [1]
         assert [m["type"] for m in messages if m["message"] == "Warning"] == ["add_audio_after_eos"]
         assert "EndOfTranscript" in kinds(messages) and code == 1000
+    await wait_until(lambda: server.violations[("speechmatics", "SM-EOS-001")] == 1)  # counted for reports
 
 
 async def test_server_closes_1000_when_the_client_lingers_after_end_of_transcript():
