@@ -39,6 +39,7 @@ class Configure:
     max_delay: float = 4.0
     endpointing: float | None = None  # seconds of silence that end an utterance; None: the engine's own
     hints: tuple[str, ...] = ()  # words or phrases to favour, where the engine can (keywords, prompts)
+    split_channels: bool = False  # recognise each channel on its own (results carry `channel`), not the mix
 
 
 @attrs.frozen
@@ -104,6 +105,7 @@ class Partial:
     words: tuple[Word, ...]
     start: float
     end: float
+    channel: int = 0  # which channel of the audio, when the session recognises channels apart
 
 
 @attrs.frozen
@@ -114,6 +116,7 @@ class Final:
     start: float
     end: float
     forced: bool = False
+    channel: int = 0  # which channel of the audio, when the session recognises channels apart
 
 
 @attrs.frozen
@@ -121,6 +124,7 @@ class SpeechStarted:
     """The engine's voice activity detector heard speech begin at `time` (seconds of audio)."""
 
     time: float
+    channel: int = 0  # which channel of the audio, when the session recognises channels apart
 
 
 @attrs.frozen
@@ -128,6 +132,7 @@ class SpeechStopped:
     """Speech ended at `time` (seconds of audio): silence for the endpointing time followed it."""
 
     time: float
+    channel: int = 0  # which channel of the audio, when the session recognises channels apart
 
 
 @attrs.frozen

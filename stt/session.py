@@ -22,10 +22,11 @@ import logging
 import math
 import uuid
 from collections import Counter
-from contextlib import aclosing
+from contextlib import AsyncExitStack, aclosing
 from typing import Callable
 
 import attrs
+import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
@@ -70,6 +71,47 @@ class SessionLimits:
     result_queue: int = 64  # frames between decoder/reader and writer
     max_batch_bytes: int = 64 * 1024  # audio the decoder coalesces into one engine call
     max_file_bytes: int = 64 << 20  # an MP4/M4A file, which is decoded whole, may be at most this large
+
+
+class ChannelStreams:
+    """The engine streams of one session: one for mono (or mixed) audio, or, when the dialect asks for channels
+    apart, one per channel, opened as the audio reveals them (a WAV header comes with the first bytes). Fed a
+    row per channel, it tags each result with its channel."""
+
+    def __init__(self, engine: Engine, settings: StreamSettings, stack: AsyncExitStack):
+        self.engine, self.settings, self._stack = engine, settings, stack
+        self.streams: list = []
+
+    async def open(self, channels: int) -> None:
+        while len(self.streams) < channels:
+            self.streams.append(await self._stack.enter_async_context(self.engine.open_stream(self.settings)))
+
+    async def _each(self, call) -> list:
+        results = []
+        for channel, stream in enumerate(self.streams):
+            out = await call(channel, stream)
+            results += out if channel == 0 else [attrs.evolve(r, channel=channel) for r in out]
+        return results
+
+    async def feed(self, samples: np.ndarray) -> list:
+        if samples.ndim == 1:
+            return await self.streams[0].feed(samples)
+        await self.open(samples.shape[0])
+        return await self._each(lambda channel, stream: stream.feed(samples[channel]))
+
+    async def configure(self, **changes) -> None:
+        await self._each(lambda channel, stream: _none(stream.configure(**changes)))
+
+    async def flush(self) -> list:
+        return await self._each(lambda channel, stream: stream.flush())
+
+    async def finish(self) -> list:
+        return await self._each(lambda channel, stream: stream.finish())
+
+
+async def _none(call) -> list:
+    await call
+    return []
 
 
 @attrs.frozen
@@ -265,7 +307,8 @@ class Session:
         config = await self._audio_recv.receive()
         assert isinstance(config, Configure)
         try:
-            decoder = open_decoder(config.audio, self.engine.sample_rate, max_file_bytes=self.limits.max_file_bytes)
+            decoder = open_decoder(config.audio, self.engine.sample_rate, max_file_bytes=self.limits.max_file_bytes,
+                                   split_channels=config.split_channels)
         except UnsupportedAudio as exc:  # dialects validate formats; this is a server bug if it happens
             self._end("internal_error", str(exc))
             return
@@ -273,7 +316,9 @@ class Session:
                                   config.hints)
         try:
             with decoder:  # a compressed container's decoder thread stops here, however the session ends
-                async with self.engine.open_stream(settings) as stream:
+                async with AsyncExitStack() as stack:
+                    stream = ChannelStreams(self.engine, settings, stack)
+                    await stream.open(1)
                     self.lifecycle.advance("ready")
                     await self._out_send.send(SessionStarted(self.id, config))
                     self._ready.set()
@@ -306,7 +351,7 @@ class Session:
                     self.lifecycle.advance("audio")
                 samples = await self._run_decoder(decoder.decode, b"".join(chunks))
                 self.audio_samples += samples.shape[-1]
-                results = await stream.feed(samples)
+                results = await stream.feed(samples) if samples.size else []
             elif isinstance(item, Reconfigure):
                 await stream.configure(partials=item.partials, max_delay=item.max_delay)
                 results = []
@@ -314,7 +359,7 @@ class Session:
                 results = await stream.flush()
             elif isinstance(item, EndOfAudio):
                 tail = await self._run_decoder(decoder.finish)
-                results = (await stream.feed(tail) if len(tail) else []) + await stream.finish()
+                results = (await stream.feed(tail) if tail.size else []) + await stream.finish()
                 results.append(EndOfTranscript())
             else:
                 raise TypeError(f"unexpected item {item!r}")

@@ -2,9 +2,12 @@
 X-Voci-Datahdr: WAVE, the WAV file's bytes written in chunks, then an empty bytearray, then read until the
 server closes) streams real speech to the server with the real recognizer."""
 
+import io
 import json
+import wave
 from pathlib import Path
 
+import numpy as np
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
@@ -20,10 +23,11 @@ REFERENCES = {
 CHUNK = 4096
 
 
-async def transcribe(port: int, name: str, **tags: str) -> tuple[list[str | bytes], int]:
-    """The vendor's example: tags as X-Voci-<Tag> headers, the file in chunks, an empty frame, read to the end."""
+async def transcribe(port: int, name: str | bytes, **tags: str) -> tuple[list[str | bytes], int]:
+    """The vendor's example: tags as X-Voci-<Tag> headers, the file in chunks, an empty frame, read to the end.
+    `name` is a file in tests/data, or the bytes of a WAV file."""
     headers = [("X-Voci-Datahdr", "WAVE")] + [(f"X-Voci-{tag.capitalize()}", value) for tag, value in tags.items()]
-    audio = (DATA / name).read_bytes()
+    audio = name if isinstance(name, bytes) else (DATA / name).read_bytes()
     messages: list[str | bytes] = []
     with trio.fail_after(120):
         async with open_websocket_url(f"ws://127.0.0.1:{port}/transcribe", extra_headers=headers) as ws:
@@ -102,3 +106,30 @@ async def test_realtime_streams_each_sentence_as_it_is_decoded():
         assert u["text"] and abs(u["start"] - start) < 0.5 and abs(u["end"] - end) < 0.5
     assert [u["text"] for u in streamed] == [
         " ".join(e["word"] for e in u["events"]) for u in json.loads(messages[-1])["utterances"]]
+
+
+def read_samples(name: str) -> np.ndarray:
+    with wave.open(str(DATA / name)) as f:
+        return np.frombuffer(f.readframes(f.getnframes()), "<i2")
+
+
+async def test_each_channel_of_a_stereo_call_is_transcribed_on_its_own():
+    """A stereo WAV with a different speaker on each side, as a call recording has: each channel's utterances
+    carry its number and hold its own words."""
+    left, right = read_samples("ps_goforward.wav"), read_samples("ps_librivox_0880.wav")
+    n = max(len(left), len(right))
+    stereo = np.zeros((n, 2), np.int16)
+    stereo[: len(left), 0], stereo[: len(right), 1] = left, right
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as f:
+        f.setnchannels(2), f.setsampwidth(2), f.setframerate(16000)
+        f.writeframes(stereo.tobytes())
+    async with running_server(engine="sphinx", decode_workers=2) as server:
+        messages, code = await transcribe(server.port, buf.getvalue(), punctuate="false", numtrans="false")
+    t = json.loads(messages[-1])
+    said = {c: " ".join(e["word"] for u in t["utterances"] if u["metadata"]["channel"] == c for e in u["events"])
+            for c in (0, 1)}
+    print(f"stereo: {said}")
+    assert code == 1000 and [c["channel"] for c in t["chaninfo"]] == [0, 1]
+    assert wer(REFERENCES["ps_goforward.wav"], said[0]) <= 0.5
+    assert wer(REFERENCES["ps_librivox_0880.wav"], said[1]) <= 0.5

@@ -13,7 +13,8 @@ Choices where the vendor's documents are silent (README, V-Blaze section; the ta
 * datahdr=NONE: samprate (Hz, 8000-48000, default 8000), sampwidth (BYTES per sample, 1-4; 8/16/24/32 are
   read as bits), encoding SPCM (alias LPCM: signed PCM, the default), UPCM (unsigned, 1 byte), FLOAT (4 or
   8 bytes), ULAW, ALAW (1 byte), endian LITTLE (default) | BIG. datahdr=WAVE (the default): the stream must
-  start with a RIFF/RF64 WAVE header ("missing data WAVE header" otherwise, close 1007); stereo is mixed.
+  start with a RIFF/RF64 WAVE header ("missing data WAVE header" otherwise, close 1007); each channel of a
+  stereo file is recognised on its own, and its utterances carry metadata.channel.
 * An utterance is a Final with words. Its JSON is the object as it appears inside `utterances`
   (protocols §1.8); jsontop replaces `events` with `text`; text is the utterance's words. The whole
   transcript in `text` puts one utterance per line.
@@ -225,7 +226,7 @@ class VBlazeDialect:
 
     def on_open(self) -> list:
         return [Configure(audio=self.audio, language="en", partials=False, max_delay=self.max_delay,
-                          endpointing=self.endpointing)]
+                          endpointing=self.endpointing, split_channels=True)]  # each channel on its own
 
     # --- frames in ----------------------------------------------------------------------------------------
 
@@ -295,7 +296,7 @@ class VBlazeDialect:
             "start": _t(final.words[0].start),
             "end": _t(final.words[-1].end),
             "confidence": _mean(w.confidence for w in words),
-            "metadata": {"uttid": len(self.utterances), "channel": 0, "model": self.model},
+            "metadata": {"uttid": len(self.utterances), "channel": final.channel, "model": self.model},
             "events": [{"word": w.text, "start": _t(w.start), "end": _t(w.end), "confidence": round(w.confidence, 3)}
                        for w in words],
         }
@@ -318,7 +319,8 @@ class VBlazeDialect:
         return max(0, self._audio_bytes - data_offset) / byte_rate
 
     def transcript(self) -> dict | str:
-        """The complete transcript in the `output` format."""
+        """The complete transcript in the `output` format: utterances in time order, channels interleaved."""
+        self.utterances.sort(key=lambda u: (u["start"], u["metadata"]["channel"]))
         if self.output == "text":
             return "\n".join(_text(u) for u in self.utterances)
         words = [e for u in self.utterances for e in u["events"]]
@@ -332,6 +334,10 @@ class VBlazeDialect:
         }
         if self.requestid is not None:
             result["requestid"] = self.requestid
+        channels = sorted({u["metadata"]["channel"] for u in self.utterances})
+        if channels and channels != [0]:  # stereo: what each channel holds
+            result["chaninfo"] = [{"channel": c, "utterances": sum(u["metadata"]["channel"] == c
+                                                                   for u in self.utterances)} for c in channels]
         if self.output == "jsontop":
             result["text"] = " ".join(_text(u) for u in self.utterances)
         else:

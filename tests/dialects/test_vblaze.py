@@ -82,7 +82,7 @@ def test_the_path_routes_to_vblaze():
 def test_defaults():
     d = dialect()
     assert configure() == Configure(AudioFormat("file"), language="en", partials=False, max_delay=80.0,
-                                    endpointing=0.8)
+                                    endpointing=0.8, split_channels=True)
     assert (d.model, d.output, d.utterance_fmt, d.realtime, d.outstream) == ("eng1:callcenter", "json", "json",
                                                                             False, False)
 
@@ -93,7 +93,7 @@ def test_tags_from_the_query_string():
     assert (d.model, d.output, d.utterance_fmt, d.realtime, d.outstream, d.requestid) == (
         "eng1:callcenter", "jsontop", "text", True, True, "r-1")
     assert configure("uttmaxsilence=300&uttmaxtime=10") == Configure(
-        AudioFormat("file"), partials=False, max_delay=10.0, endpointing=0.3)
+        AudioFormat("file"), partials=False, max_delay=10.0, endpointing=0.3, split_channels=True)
 
 
 def test_tags_from_headers_case_insensitive_and_url_quoted():
