@@ -5,8 +5,10 @@ bad one refused with HTTP 400, audio split anywhere, the empty frame, the result
 import io
 import json
 import wave
+import zipfile
 from urllib.parse import urlencode
 
+import numpy as np
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
@@ -96,7 +98,6 @@ async def test_outzip_is_one_binary_frame():
     async with running_server() as server:
         async with open_websocket_url(url(server, outzip="true")) as ws:
             messages, code = await exchange(ws, wav(2.2))
-    import zipfile
     assert code == 1000 and len(messages) == 1 and isinstance(messages[0], bytes)
     with zipfile.ZipFile(io.BytesIO(messages[0])) as archive:
         assert json.loads(archive.read("transcript.json"))["utterances"]
@@ -105,7 +106,7 @@ async def test_outzip_is_one_binary_frame():
 @pytest.mark.parametrize("tags, headers, named", [
     ({"output": "xml"}, [], "output"),
     ({"uttmaxsilence": "1"}, [], "uttmaxsilence"),
-    ({}, [("X-Voci-Scrubaudio", "true")], "scrubaudio"),
+    ({}, [("X-Voci-Notext", "true")], "notext"),
     ({}, [("X-Voci-Nonsense", "1")], "nonsense"),
 ])
 async def test_a_bad_tag_is_http_400_naming_it_and_the_server_goes_on(tags, headers, named):
@@ -148,3 +149,56 @@ async def test_api_keys_use_the_token_tag():
         assert info.value.status_code == 401
         async with open_websocket_url(url(server, output="text"), extra_headers=[("X-Voci-Token", "k1")]) as ws:
             assert (await exchange(ws, wav(2.2)))[1] == 1000
+
+
+def tone_wav(seconds: float, rate: int = 16000) -> bytes:
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(rate)
+        f.writeframes((np.sin(np.arange(int(seconds * rate)) * 0.1) * 8000).astype("<i2").tobytes())
+    return buf.getvalue()
+
+
+def wav_samples(data: bytes) -> tuple[np.ndarray, int]:
+    with wave.open(io.BytesIO(data)) as f:
+        return np.frombuffer(f.readframes(f.getnframes()), "<i2"), f.getframerate()
+
+
+SCRUB_TWO = json.dumps([{"regex": "^two$", "repl": "###"}])
+
+
+async def test_scrubaudio_returns_the_audio_with_redacted_words_silenced_in_a_zip():
+    """The scripted engine hears "one two three four", a word every 0.5 s ("two" from 0.5 to 0.9 s)."""
+    async with running_server() as server:
+        async with open_websocket_url(url(server, scrubaudio="true", scrubconf=SCRUB_TWO, punctuate="false",
+                                          numtrans="false")) as ws:
+            messages, code = await exchange(ws, tone_wav(2.2))
+    assert code == 1000 and len(messages) == 1 and isinstance(messages[0], bytes)
+    with zipfile.ZipFile(io.BytesIO(messages[0])) as archive:
+        transcript = json.loads(archive.read("transcript.json"))
+        samples, rate = wav_samples(archive.read("scrubbed.wav"))
+    assert [e["word"] for e in transcript["utterances"][0]["events"]] == ["one", "###", "three", "four"]
+    assert rate == 16000 and len(samples) == int(2.2 * 16000)
+    assert not samples[int(0.5 * rate):int(0.9 * rate)].any()  # "two" is silent
+    assert np.abs(samples[: int(0.5 * rate)]).max() > 7000 and np.abs(samples[int(0.9 * rate):]).max() > 7000
+
+
+async def test_scrubaudio_streaming_with_notext_sends_the_redacted_audio_alone():
+    async with running_server() as server:
+        async with open_websocket_url(url(server, scrubaudio="true", scrubconf=SCRUB_TWO, notext="true",
+                                          outstream="true", punctuate="false", numtrans="false")) as ws:
+            messages, code = await exchange(ws, tone_wav(2.2))
+    assert code == 1000 and len(messages) == 1 and isinstance(messages[0], bytes)
+    samples, rate = wav_samples(messages[0])
+    assert not samples[int(0.5 * rate):int(0.9 * rate)].any() and samples[: int(0.5 * rate)].any()
+
+
+async def test_scrubaudio_streaming_sends_utterances_the_audio_then_the_transcript():
+    async with running_server() as server:
+        async with open_websocket_url(url(server, scrubaudio="true", scrubconf=SCRUB_TWO, outstream="true",
+                                          utterance_fmt="text", output="text", punctuate="false",
+                                          numtrans="false")) as ws:
+            messages, code = await exchange(ws, tone_wav(2.2))
+    assert code == 1000
+    assert messages[0] == "one ### three four" and isinstance(messages[1], bytes) and messages[2:] == [
+        "", "one ### three four"]

@@ -23,8 +23,11 @@ Choices where the vendor's documents are silent (README, V-Blaze section; the ta
   merged into one event. scrubtext: every scrubconf rule ({"regex","repl"}, applied in order to each word;
   default [{"regex":"\\d","repl":"#"}]) after numtrans and punctuate, so "4111" becomes "####".
 * outzip=true (or zip): the complete transcript is a binary frame, a ZIP holding transcript.json (or .txt
-  for output=text); streamed utterances stay text frames. 7z, scrubaudio, notext, diarize, callbacks and
-  subst_rules are refused with 400 "not supported".
+  for output=text); streamed utterances stay text frames. scrubaudio=true: the same rules redact the audio
+  too: the words they change are silenced in a 16-bit WAV of the audio sent (its rate and channels), returned
+  in the ZIP beside the transcript (scrubbed.wav), or, streaming, as a binary frame before the empty frame
+  and the transcript; notext=true leaves the transcript out. 7z, diarize, callbacks and subst_rules are
+  refused with 400 "not supported".
 * audiosecs: the length of the audio received, from the WAV header's byte rate (or the raw format) and the
   byte count; `started` and `donedate` are wall-clock times (the vendor's fields are).
 """
@@ -36,11 +39,16 @@ import io
 import json
 import re
 import struct
+import wave
 import zipfile
 from typing import Any, Callable
 from urllib.parse import unquote
 
-from stt.audio.pcm import raw_encoding
+import numpy as np
+
+from stt.audio import RawReader
+from stt.audio.pcm import RAW_ENCODINGS, raw_encoding
+from stt.audio.wav import WavReader
 from stt.dialects.base import Handshake, HandshakeRefused, refused
 from stt.events import (
     Audio,
@@ -74,6 +82,7 @@ ENCODINGS = {"SPCM": "signed", "LPCM": "signed", "UPCM": "unsigned", "FLOAT": "f
              "ALAW": "alaw"}
 SAMPLE_RATES = (8000, 48000)
 DEFAULT_SCRUBCONF = ({"regex": r"\d", "repl": "#"},)
+MAX_SCRUBAUDIO_BYTES = 64 << 20  # scrubaudio keeps the audio to return it redacted: at most this much
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
 _PRONOUN_I = {"i", "i'm", "i've", "i'll", "i'd"}
 
@@ -156,6 +165,8 @@ class VBlazeDialect:
         self.utterances: list[dict] = []
         self._head = b""  # the first bytes of the audio (the WAV header)
         self._audio_bytes = 0
+        self._kept = bytearray()  # the audio, when scrubaudio asks for it back
+        self._redacted: list[tuple[int, float, float]] = []  # (channel, start, end) of each redacted word
         self._header_checked = False
 
     # --- the tags -----------------------------------------------------------------------------------------
@@ -181,17 +192,17 @@ class VBlazeDialect:
         self.outstream = v["realtime"] if v["outstream"] is None else v["outstream"]
         self.requestid = given.get("requestid") or self.handshake.headers.get("x-request-id") or None
         self.punctuate, self.numtrans = v["punctuate"], v["numtrans"]
-        self.scrubtext = v["scrubtext"]
+        self.scrubaudio = v["scrubaudio"]  # return the audio with the redacted words silenced
+        self.notext = v["notext"]  # with scrubaudio: the redacted audio only, no transcript
+        self.scrubtext = v["scrubtext"] or self.scrubaudio  # the same rules decide what is redacted
         self.scrub_rules = v["scrubconf"] or _scrub_rules(DEFAULT_SCRUBCONF, "scrubconf")
         if v["scrubconf"] is not None and not self.scrubtext:
-            raise _refuse("scrubconf", "scrubconf needs scrubtext=true (scrubaudio is not supported)")
+            raise _refuse("scrubconf", "scrubconf needs scrubtext=true or scrubaudio=true")
         if v["outzip"] == "7Z":
             raise _refuse("outzip", "7z is not supported (true or zip: a ZIP archive)")
         self.outzip = v["outzip"] in ("TRUE", "ZIP")
-        if v["scrubaudio"]:
-            raise HandshakeRefused(400, "tag scrubaudio is not supported yet (redacted audio); use scrubtext=true")
-        if v["notext"]:
-            raise HandshakeRefused(400, "tag notext is not supported yet (it applies to scrubaudio)")
+        if self.notext and not self.scrubaudio:
+            raise _refuse("notext", "applies to scrubaudio=true (the redacted audio without a transcript)")
         if v["diarize"] != "FALSE":
             raise HandshakeRefused(400, "tag diarize is not supported yet (false only)")
         if self.realtime and v["uttmaxgap"] != 0:
@@ -239,6 +250,10 @@ class VBlazeDialect:
         if outcome:
             return outcome
         self._audio_bytes += len(frame)
+        if self.scrubaudio:  # kept to be returned redacted; bounded like a file decoded whole
+            if len(self._kept) + len(frame) > MAX_SCRUBAUDIO_BYTES:
+                return [self._violation("VB-SCRUB-001", f"over {MAX_SCRUBAUDIO_BYTES} bytes")]
+            self._kept += frame
         if len(self._head) < 4096:
             self._head += bytes(frame[:4096 - len(self._head)])
         if self.audio.encoding == "file" and not self._header_checked and len(self._head) >= 12:
@@ -258,9 +273,11 @@ class VBlazeDialect:
                 return []
             utterance = self._utterance(item)
             self.utterances.append(utterance)
-            return [self._format_utterance(utterance)] if self.outstream else []
+            return [self._format_utterance(utterance)] if self.outstream and not self.notext else []
         if isinstance(item, EndOfTranscript):
             self.machine.advance("end_of_transcript")
+            if self.scrubaudio:
+                return self._scrubbed_frames()
             frames: list[str | bytes] = [""] if self.outstream else []
             return [*frames, self.transcript_frame()]
         if isinstance(item, (Partial, SpeechStarted, SpeechStopped, SessionStarted, AudioAccepted, SessionStatus)):
@@ -276,6 +293,20 @@ class VBlazeDialect:
 
     # --- the transcript -----------------------------------------------------------------------------------
 
+    def _scrubbed_frames(self) -> list[str | bytes]:
+        """scrubaudio: the audio with every redacted word silenced, as a WAV. Streaming: a binary frame of it,
+        then (unless notext) the empty frame and the transcript; otherwise one ZIP with both."""
+        audio = scrubbed_wav(bytes(self._kept), self.audio, self._redacted)
+        text = None if self.notext else self._transcript_text()
+        if self.outstream:
+            return [audio] + ([] if text is None else ["", text])
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+            if text is not None:
+                archive.writestr("transcript.txt" if self.output == "text" else "transcript.json", text)
+            archive.writestr("scrubbed.wav", audio)
+        return [buf.getvalue()]
+
     def words_of(self, words: tuple[Word, ...]) -> list[Word]:
         """The words as written: numbers as digits (numtrans), punctuated, scrubbed."""
         out = list(words)
@@ -290,7 +321,17 @@ class VBlazeDialect:
             out = [_with(w, _scrub(w.text, self.scrub_rules)) for w in out]
         return out
 
+    def _note_redactions(self, final: Final) -> None:
+        """The time spans of the words the rules change, for scrubaudio."""
+        scrubtext, self.scrubtext = self.scrubtext, False
+        plain = self.words_of(final.words)
+        self.scrubtext = scrubtext
+        self._redacted += [(final.channel, w.start, w.end) for w in plain
+                           if _scrub(w.text, self.scrub_rules) != w.text]
+
     def _utterance(self, final: Final) -> dict:
+        if self.scrubaudio:
+            self._note_redactions(final)
         words = self.words_of(final.words)
         return {
             "start": _t(final.words[0].start),
@@ -344,15 +385,36 @@ class VBlazeDialect:
             result["utterances"] = self.utterances
         return result
 
-    def transcript_frame(self) -> str | bytes:
+    def _transcript_text(self) -> str:
         body = self.transcript()
-        text = body if isinstance(body, str) else _dump(body)
+        return body if isinstance(body, str) else _dump(body)
+
+    def transcript_frame(self) -> str | bytes:
+        text = self._transcript_text()
         if not self.outzip:
             return text
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
             archive.writestr("transcript.txt" if self.output == "text" else "transcript.json", text)
         return buf.getvalue()
+
+
+def scrubbed_wav(data: bytes, fmt: AudioFormat, spans: list[tuple[int, float, float]]) -> bytes:
+    """The audio the client sent, as 16-bit PCM WAV at its own rate and channels, with each (channel, start,
+    end) span silenced."""
+    reader = WavReader() if fmt.encoding == "file" else RawReader(RAW_ENCODINGS[fmt.encoding], fmt.sample_rate,
+                                                                   fmt.channels)
+    frames = np.concatenate([reader.feed(data), reader.finish()])
+    rate = reader.sample_rate
+    samples = np.clip(np.rint(frames * 32768.0), -32768, 32767).astype("<i2")
+    for channel, start, end in spans:
+        if channel < samples.shape[1]:
+            samples[int(start * rate): int(np.ceil(end * rate)), channel] = 0
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as out:
+        out.setnchannels(samples.shape[1]), out.setsampwidth(2), out.setframerate(rate)
+        out.writeframes(samples.tobytes())
+    return buf.getvalue()
 
 
 def tags_of(handshake: Handshake) -> dict[str, str]:

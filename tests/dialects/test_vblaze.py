@@ -149,7 +149,7 @@ def test_headerless_audio_from_the_tags():
     ("scrubtext=true&scrubconf=%5B%7B%22regex%22%3A%22(%22%7D%5D", "scrubconf"),
     ("scrubconf=%5B%5D", "scrubconf"),
     ("outzip=7z", "outzip"),
-    ("scrubaudio=true", "scrubaudio"),
+    ("notext=true", "notext"),  # notext applies to scrubaudio only
     ("notext=true", "notext"),
     ("diarize=true", "diarize"),
     ("utterance_callback=http%3A%2F%2Fx", "utterance_callback"),
