@@ -39,6 +39,15 @@ class Handshake:
         return token.strip() or None if scheme.lower() == "bearer" else None
 
 
+class RuleBroken(ValueError):
+    """Raised inside a dialect while it validates a message: the id of the chart rule the message breaks, and
+    what was wrong with it; the dialect turns it into a Violation."""
+
+    def __init__(self, rule_id: str, detail: str):
+        super().__init__(detail)
+        self.rule_id = rule_id
+
+
 class HandshakeRefused(Exception):
     """A dialect's constructor raises this to refuse the upgrade with an HTTP status and a text body (V-Blaze:
     400 naming a bad tag), for dialects whose whole configuration is in the handshake."""

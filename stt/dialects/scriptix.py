@@ -50,7 +50,7 @@ import re
 import uuid
 from typing import Any
 
-from stt.dialects.base import Handshake, refused
+from stt.dialects.base import Handshake, RuleBroken, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -83,12 +83,6 @@ SPEAKER = "Speaker 1"
 TOKEN_HEADERS = ("x-zoom-s2t-key", "x-api-key", "api-key")
 START_TIMEOUT = 15.0  # seconds the client has to send its start action (§3.5)
 _START_OPTIONS = {"key": str, "partial": bool, "actual_numbers": bool}
-
-
-class ScriptixError(ValueError):
-    def __init__(self, rule_id: str, detail: str):
-        super().__init__(detail)
-        self.rule_id = rule_id
 
 
 class ScriptixDialect:
@@ -132,7 +126,7 @@ class ScriptixDialect:
     def on_open(self) -> list:
         try:
             self._read_query(self.handshake.query)
-        except ScriptixError as exc:
+        except RuleBroken as exc:
             return [self._violation(exc.rule_id, str(exc))]
         if not self.stream_mode:
             return []  # the start action opens the recognizer
@@ -145,13 +139,13 @@ class ScriptixDialect:
     def _read_query(self, query: dict[str, str]) -> None:
         model_type = query.get("type") or DEFAULT_TYPE
         if model_type not in TYPES:
-            raise ScriptixError("SX-PARAM-001", f"type {model_type!r} is not fast or quality")
+            raise RuleBroken("SX-PARAM-001", f"type {model_type!r} is not fast or quality")
         language = query.get("language") or "en"
         if not LANGUAGE.match(language):
-            raise ScriptixError("SX-PARAM-002", f"language {language!r} is not supported (supported: en)")
+            raise RuleBroken("SX-PARAM-002", f"language {language!r} is not supported (supported: en)")
         shape = (query.get("shape") or DEFAULT_SHAPE).lower()
         if shape not in SHAPES:
-            raise ScriptixError("SX-PARAM-003", f"shape {shape!r} is not k or v")
+            raise RuleBroken("SX-PARAM-003", f"shape {shape!r} is not k or v")
         self.model_type, self.shape = model_type, shape
 
     # --- frames in ----------------------------------------------------------------------------------------
@@ -174,7 +168,7 @@ class ScriptixDialect:
                 return [self._violation(rule_id, "")]
             try:
                 configure = self._start(msg)
-            except ScriptixError as exc:
+            except RuleBroken as exc:
                 return [self._violation(exc.rule_id, str(exc))]
             self.machine.fire("start")
             return [configure]
@@ -186,7 +180,7 @@ class ScriptixDialect:
         for name, kind in _START_OPTIONS.items():
             value = msg.get(name)
             if value is not None and not isinstance(value, kind):
-                raise ScriptixError("SX-START-001", f'"{name}" must be {"a string" if kind is str else "true or false"}')
+                raise RuleBroken("SX-START-001", f'"{name}" must be {"a string" if kind is str else "true or false"}')
         if self.credential_in_start:
             self._start_key = msg.get("key") or None
         self.partial = msg.get("partial", True) is not False

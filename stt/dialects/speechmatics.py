@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from stt import __version__
-from stt.dialects.base import Handshake, refused
+from stt.dialects.base import Handshake, RuleBroken, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -75,12 +75,6 @@ _RECONFIGURABLE = {"language", "max_delay", "max_delay_mode", "enable_partials",
                    "conversation_config"}
 
 
-class ConfigError(ValueError):
-    def __init__(self, rule_id: str, detail: str):
-        super().__init__(detail)
-        self.rule_id = rule_id
-
-
 class SpeechmaticsDialect:
     name = "speechmatics"
     chart = load_chart("speechmatics").with_endings_from(load_chart("lifecycle"))
@@ -119,26 +113,26 @@ class SpeechmaticsDialect:
             return rejected
         try:
             return [getattr(self, f"_on_{name}")(msg)]
-        except ConfigError as exc:
+        except RuleBroken as exc:
             return [self._violation(exc.rule_id, str(exc))]
 
     def _on_StartRecognition(self, msg: dict) -> Configure:
         audio = self._audio_format(msg.get("audio_format"))
         config = msg.get("transcription_config")
         if not isinstance(config, dict):
-            raise ConfigError("SM-CFG-002", "transcription_config is required and must be an object")
+            raise RuleBroken("SM-CFG-002", "transcription_config is required and must be an object")
         self._check_fields(config, set(_TYPES), "transcription_config")
         language = config.get("language")
         if not isinstance(language, str) or not language:
-            raise ConfigError("SM-CFG-002", "transcription_config.language is required")
+            raise RuleBroken("SM-CFG-002", "transcription_config.language is required")
         if language not in LANGUAGES:
-            raise ConfigError("SM-CFG-003", f"language {language!r} is not supported (supported: "
+            raise RuleBroken("SM-CFG-003", f"language {language!r} is not supported (supported: "
                                             f"{', '.join(sorted(LANGUAGES))})")
         if self.path_language is not None and self.path_language != language:
-            raise ConfigError("SM-CFG-003", f"transcription_config.language {language!r} does not match the "
+            raise RuleBroken("SM-CFG-003", f"transcription_config.language {language!r} does not match the "
                                             f"language in the URL path {self.path_language!r}")
         if "translation_config" in msg:
-            raise ConfigError("SM-CFG-002", "translation is not supported by this server")
+            raise RuleBroken("SM-CFG-002", "translation is not supported by this server")
         self.language = language
         self.partials = config.get("enable_partials", False)
         return Configure(audio=audio, language=language, partials=self.partials,
@@ -146,17 +140,17 @@ class SpeechmaticsDialect:
 
     def _audio_format(self, fmt: Any) -> AudioFormat:
         if not isinstance(fmt, dict):
-            raise ConfigError("SM-CFG-001", "audio_format is required and must be an object")
+            raise RuleBroken("SM-CFG-001", "audio_format is required and must be an object")
         kind = fmt.get("type")
         if kind == "file":  # a whole file in AddAudio chunks, headers included: stt.audio recognises it
             return AudioFormat("file")
         if kind != "raw":
-            raise ConfigError("SM-CFG-001", f'audio_format type {kind!r} is not "raw" or "file"')
+            raise RuleBroken("SM-CFG-001", f'audio_format type {kind!r} is not "raw" or "file"')
         encoding, rate = fmt.get("encoding"), fmt.get("sample_rate")
         if encoding not in ("pcm_s16le", "pcm_f32le", "mulaw"):
-            raise ConfigError("SM-CFG-001", f"encoding {encoding!r} is not pcm_s16le, pcm_f32le or mulaw")
+            raise RuleBroken("SM-CFG-001", f"encoding {encoding!r} is not pcm_s16le, pcm_f32le or mulaw")
         if not isinstance(rate, int) or isinstance(rate, bool) or not SAMPLE_RATE_RANGE[0] <= rate <= SAMPLE_RATE_RANGE[1]:
-            raise ConfigError("SM-CFG-001", f"sample_rate must be an integer from {SAMPLE_RATE_RANGE[0]} "
+            raise RuleBroken("SM-CFG-001", f"sample_rate must be an integer from {SAMPLE_RATE_RANGE[0]} "
                                             f"to {SAMPLE_RATE_RANGE[1]} Hz, not {rate!r}")
         return AudioFormat(encoding, rate)
 
@@ -164,24 +158,24 @@ class SpeechmaticsDialect:
         for key, value in config.items():
             if key not in allowed:
                 known = key in _TYPES
-                raise ConfigError(rule_id, f"{where}.{key} {'cannot be changed mid-session' if known else 'is not a known field'}")
+                raise RuleBroken(rule_id, f"{where}.{key} {'cannot be changed mid-session' if known else 'is not a known field'}")
             expected = _TYPES[key]
             if not isinstance(value, expected) or (isinstance(value, bool) and expected is not bool):
-                raise ConfigError("SM-CFG-002", f"{where}.{key} has the wrong type")
+                raise RuleBroken("SM-CFG-002", f"{where}.{key} has the wrong type")
             if key in _ENUMS and value not in _ENUMS[key]:
-                raise ConfigError("SM-CFG-002", f"{where}.{key} must be one of {', '.join(sorted(_ENUMS[key]))}")
+                raise RuleBroken("SM-CFG-002", f"{where}.{key} must be one of {', '.join(sorted(_ENUMS[key]))}")
         if "max_delay" in config:
             low, high = MAX_DELAY_RANGE
             if not (math.isfinite(config["max_delay"]) and low <= config["max_delay"] <= high):
-                raise ConfigError("SM-CFG-002", f"{where}.max_delay must be from {low} to {high} seconds")
+                raise RuleBroken("SM-CFG-002", f"{where}.max_delay must be from {low} to {high} seconds")
 
     def _on_SetRecognitionConfig(self, msg: dict) -> Reconfigure:
         config = msg.get("transcription_config")
         if not isinstance(config, dict):
-            raise ConfigError("SM-CFG-002", "transcription_config is required and must be an object")
+            raise RuleBroken("SM-CFG-002", "transcription_config is required and must be an object")
         self._check_fields(config, _RECONFIGURABLE, "transcription_config", rule_id="SM-CFG-004")
         if "language" in config and config["language"] != self.language:
-            raise ConfigError("SM-CFG-004", "the language cannot be changed mid-session")
+            raise RuleBroken("SM-CFG-004", "the language cannot be changed mid-session")
         if "enable_partials" in config:
             self.partials = config["enable_partials"]
         max_delay = config.get("max_delay")
@@ -194,7 +188,7 @@ class SpeechmaticsDialect:
     def _on_EndOfStream(self, msg: dict) -> EndOfAudio:
         last = msg.get("last_seq_no")
         if not isinstance(last, int) or isinstance(last, bool) or last < 0:
-            raise ConfigError("SM-MSG-003", f"last_seq_no is {last!r}")
+            raise RuleBroken("SM-MSG-003", f"last_seq_no is {last!r}")
         return EndOfAudio()
 
     def _violation(self, rule_id: str, detail: str) -> Violation:

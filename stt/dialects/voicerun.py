@@ -31,7 +31,7 @@ from typing import Any
 
 import attrs
 
-from stt.dialects.base import Handshake
+from stt.dialects.base import Handshake, RuleBroken
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -105,12 +105,6 @@ class SessionConfig:
         return tuple(dict.fromkeys(w for w in words if w))
 
 
-class ConfigError(ValueError):
-    def __init__(self, rule_id: str, detail: str):
-        super().__init__(detail)
-        self.rule_id = rule_id
-
-
 class VoiceRunDialect:
     name = "voicerun"
     chart = load_chart("voicerun").with_endings_from(load_chart("lifecycle"))
@@ -167,7 +161,7 @@ class VoiceRunDialect:
             return [self._violation(rule_id, f"{kind} in state {state}")]
         try:
             events = self._handlers[kind](self, msg)
-        except ConfigError as exc:
+        except RuleBroken as exc:
             return [self._violation(exc.rule_id, str(exc))]
         self.machine.fire(kind)
         return events
@@ -175,23 +169,23 @@ class VoiceRunDialect:
     def _on_session_update(self, msg: dict) -> list:
         session = msg.get("session")
         if not isinstance(session, dict):
-            raise ConfigError("VR-CFG-001", '"session" is required and must be an object')
+            raise RuleBroken("VR-CFG-001", '"session" is required and must be an object')
         given = {key: value for key, value in session.items() if value is not None}
         for key, value in given.items():
             if key not in _FIELDS:
-                raise ConfigError("VR-CFG-001", f"session.{key} is not a known field")
+                raise RuleBroken("VR-CFG-001", f"session.{key} is not a known field")
             expected = _FIELDS[key]
             if not isinstance(value, expected) or isinstance(value, bool):
-                raise ConfigError("VR-CFG-001", f"session.{key} must be {'an integer' if expected is int else 'a string'}")
+                raise RuleBroken("VR-CFG-001", f"session.{key} must be {'an integer' if expected is int else 'a string'}")
         if self.config is None:
             for key in ("model", "provider"):
                 if key not in given:
-                    raise ConfigError("VR-CFG-001", f"session.{key} is required")
+                    raise RuleBroken("VR-CFG-001", f"session.{key} is required")
             config = SessionConfig(**given)
         else:
             for key in _FIXED:
                 if key in given and given[key] != getattr(self.config, key):
-                    raise ConfigError("VR-CFG-005", f"session.{key} is {getattr(self.config, key)!r}, "
+                    raise RuleBroken("VR-CFG-005", f"session.{key} is {getattr(self.config, key)!r}, "
                                                     f"not {given[key]!r}")
             config = attrs.evolve(self.config, **given)
         _validate(config)
@@ -210,13 +204,13 @@ class VoiceRunDialect:
     def _on_audio_append(self, msg: dict) -> list:
         audio = msg.get("audio")
         if not isinstance(audio, str):
-            raise ConfigError("VR-AUDIO-001", '"audio" is missing' if audio is None else '"audio" is not a string')
+            raise RuleBroken("VR-AUDIO-001", '"audio" is missing' if audio is None else '"audio" is not a string')
         if "\n" in audio or "\r" in audio:  # MIME-style line breaks (base64.encodebytes) are harmless
             audio = audio.replace("\r", "").replace("\n", "")
         try:
             data = base64.b64decode(audio, validate=True)
         except (binascii.Error, ValueError) as exc:
-            raise ConfigError("VR-AUDIO-001", f"not valid base64 ({exc})") from None
+            raise RuleBroken("VR-AUDIO-001", f"not valid base64 ({exc})") from None
         return [Audio(data)] if data else []
 
     def _on_session_close(self, msg: dict) -> list:
@@ -280,25 +274,25 @@ class VoiceRunDialect:
 
 def _validate(config: SessionConfig) -> None:
     if config.provider not in PROVIDERS:
-        raise ConfigError("VR-CFG-002", f"provider {config.provider!r} is not one of {', '.join(PROVIDERS)}")
+        raise RuleBroken("VR-CFG-002", f"provider {config.provider!r} is not one of {', '.join(PROVIDERS)}")
     provider = MODELS.get(config.model)
     if provider is None:
-        raise ConfigError("VR-CFG-002", f"model {config.model!r} is not one of {', '.join(MODELS)}")
+        raise RuleBroken("VR-CFG-002", f"model {config.model!r} is not one of {', '.join(MODELS)}")
     if provider != config.provider:
-        raise ConfigError("VR-CFG-002", f"model {config.model!r} is a {provider} model, not {config.provider}")
+        raise RuleBroken("VR-CFG-002", f"model {config.model!r} is a {provider} model, not {config.provider}")
     language = config.language
     if language != AUTO_LANGUAGE:
         if not _BCP47.match(language):
-            raise ConfigError("VR-CFG-003", f"language {language!r} is not a BCP-47 tag")
+            raise RuleBroken("VR-CFG-003", f"language {language!r} is not a BCP-47 tag")
         if language.split("-")[0].lower() != "en":
-            raise ConfigError("VR-CFG-003", f"language {language!r} is not supported (supported: en, en-*, "
+            raise RuleBroken("VR-CFG-003", f"language {language!r} is not supported (supported: en, en-*, "
                                             f"{AUTO_LANGUAGE})")
     if config.input_audio_format not in AUDIO_FORMATS:
-        raise ConfigError("VR-CFG-004", f"input_audio_format {config.input_audio_format!r} is not "
+        raise RuleBroken("VR-CFG-004", f"input_audio_format {config.input_audio_format!r} is not "
                                         f"{' or '.join(AUDIO_FORMATS)}")
     low, high = SAMPLE_RATE_RANGE
     if not low <= config.sample_rate <= high:
-        raise ConfigError("VR-CFG-004", f"sample_rate must be from {low} to {high} Hz, not {config.sample_rate}")
+        raise RuleBroken("VR-CFG-004", f"sample_rate must be from {low} to {high} Hz, not {config.sample_rate}")
 
 
 def _text(result: Partial | Final) -> str:

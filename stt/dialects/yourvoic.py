@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from stt.dialects.base import Handshake, refused
+from stt.dialects.base import Handshake, RuleBroken, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -56,12 +56,6 @@ STATUS_INTERVAL = 5.0  # seconds between session_status messages
 SPEECH_IDLE_TIMEOUT = 60.0  # seconds without speech that end the session (§2.4)
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
 _PRONOUN_I = {"i", "i'm", "i've", "i'll", "i'd"}
-
-
-class ParamError(ValueError):
-    def __init__(self, rule_id: str, detail: str):
-        super().__init__(detail)
-        self.rule_id = rule_id
 
 
 class YourVoicDialect:
@@ -99,16 +93,16 @@ class YourVoicDialect:
     def on_open(self) -> list:
         try:
             return [self._configure(self.handshake.query)]
-        except ParamError as exc:
+        except RuleBroken as exc:
             return [Violation(self.chart.rule(exc.rule_id), str(exc))]
 
     def _configure(self, query: dict[str, str]) -> Configure:
         model = query.get("model", DEFAULT_MODEL)
         if model not in MODELS:
-            raise ParamError("YV-PARAM-001", f"model {model!r} is not one of {', '.join(MODELS)}")
+            raise RuleBroken("YV-PARAM-001", f"model {model!r} is not one of {', '.join(MODELS)}")
         language = query.get("language", "en")
         if not LANGUAGE.match(language):
-            raise ParamError("YV-PARAM-002", f"language {language!r} is not supported (supported: en)")
+            raise RuleBroken("YV-PARAM-002", f"language {language!r} is not supported (supported: en)")
         self.model = model
         self.interim_results = _boolean(query, "interim_results", True)
         self.punctuate = _boolean(query, "punctuate", True)
@@ -212,7 +206,7 @@ def _boolean(query: dict[str, str], name: str, default: bool) -> bool:
         return True
     if value in _FALSE:
         return False
-    raise ParamError("YV-PARAM-003", f"{name} must be true or false (or 1 or 0), not {query[name]!r}")
+    raise RuleBroken("YV-PARAM-003", f"{name} must be true or false (or 1 or 0), not {query[name]!r}")
 
 
 def _endpointing(value: str | None) -> float:
@@ -221,7 +215,7 @@ def _endpointing(value: str | None) -> float:
         return DEFAULT_ENDPOINTING_MS / 1000
     low, high = ENDPOINTING_MS
     if not (value.isascii() and value.isdigit()) or not low <= int(value) <= high:
-        raise ParamError("YV-PARAM-004", f"endpointing must be a whole number of milliseconds from {low} to "
+        raise RuleBroken("YV-PARAM-004", f"endpointing must be a whole number of milliseconds from {low} to "
                                          f"{high}, not {value!r}")
     return int(value) / 1000
 
@@ -229,10 +223,10 @@ def _endpointing(value: str | None) -> float:
 def _keywords(value: str) -> tuple[str, ...]:
     keywords = tuple(k.strip() for k in value.split(",") if k.strip())
     if len(keywords) > MAX_KEYWORDS:
-        raise ParamError("YV-PARAM-005", f"{len(keywords)} keywords; at most {MAX_KEYWORDS}")
+        raise RuleBroken("YV-PARAM-005", f"{len(keywords)} keywords; at most {MAX_KEYWORDS}")
     for k in keywords:
         if len(k) > MAX_KEYWORD_CHARS:
-            raise ParamError("YV-PARAM-005", f"keyword {k[:20]!r}... is longer than {MAX_KEYWORD_CHARS} characters")
+            raise RuleBroken("YV-PARAM-005", f"keyword {k[:20]!r}... is longer than {MAX_KEYWORD_CHARS} characters")
     return keywords
 
 
