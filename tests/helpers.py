@@ -8,9 +8,13 @@ from contextlib import asynccontextmanager, contextmanager
 
 import numpy as np
 import trio
+import trio_websocket
+import trio.testing
 from trio_websocket import ConnectionClosed, open_websocket_url
 
-from stt.server import ServerConfig, open_server
+from stt.engines.inline_host import InlineEngine
+from stt.engines.scripted import ScriptedRecognizer
+from stt.server import Server, ServerConfig, open_server
 from stt.session import SessionLimits
 
 # --- the recording with known silences, for voice-activity tests ---------------------------------------------
@@ -143,3 +147,23 @@ def serve_directory(root) -> Iterator[str]:
     finally:
         server.shutdown()
         thread.join()
+
+
+@asynccontextmanager
+async def session_pair(engine=None, limits=SessionLimits(), streams=None, path="/v2", **config):
+    """A Server (no listener) handling one in-memory connection; yields (server, client websocket).
+    `streams` is a (client, server) stream pair; by default an unbounded in-memory one."""
+    engine = engine or InlineEngine("scripted", 16000, ScriptedRecognizer)
+    server = Server(ServerConfig(limits=limits, **config), engine)
+    client_stream, server_stream = streams or trio.testing.memory_stream_pair()
+    async with trio.open_nursery() as nursery:
+
+        async def serve_one():
+            request = await trio_websocket.wrap_server_stream(nursery, server_stream)
+            await server.handle(request)
+
+        nursery.start_soon(serve_one)
+        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", path)
+        yield server, ws
+        await ws.aclose()
+        nursery.cancel_scope.cancel()

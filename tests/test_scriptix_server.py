@@ -4,21 +4,15 @@ with virtual time for the 15 s start timeout. Every error is {"error":…} and t
 server goes on serving."""
 
 import json
-from contextlib import asynccontextmanager
 from urllib.parse import urlencode
 
 import pytest
 import trio
 import trio.testing
-import trio_websocket
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.dialects.scriptix import ScriptixDialect
-from stt.engines.inline_host import InlineEngine
-from stt.engines.scripted import ScriptedRecognizer
-from stt.server import Server, ServerConfig
-from stt.session import SessionLimits
-from tests.helpers import frames_of, running_server, silence, wait_until
+from tests.helpers import frames_of, running_server, session_pair, silence, wait_until
 
 PATH = "/v2/realtime"
 KEY = "sx-test-key"
@@ -282,27 +276,8 @@ async def test_no_token_and_a_missing_or_wrong_start_key_is_an_error_and_1008(st
 # --- the 15 s start timeout, in virtual time ---------------------------------------------------------------
 
 
-@asynccontextmanager
-async def session_pair(path: str = PATH, limits=SessionLimits(), **config):
-    """A Server (no listener) handling one in-memory Scriptix connection; yields (server, client websocket)."""
-    engine = InlineEngine("scripted", 16000, ScriptedRecognizer)
-    server = Server(ServerConfig(limits=limits, **config), engine)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-
-        async def serve_one():
-            request = await trio_websocket.wrap_server_stream(nursery, server_stream)
-            await server.handle(request)
-
-        nursery.start_soon(serve_one)
-        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", path)
-        yield server, ws
-        await ws.aclose()
-        nursery.cancel_scope.cancel()
-
-
 async def test_no_start_within_15_s_is_connection_timeout(autojump_clock):
-    async with session_pair() as (server, ws):
+    async with session_pair(path=PATH) as (server, ws):
         begin = trio.current_time()
         await ws.send_message(silence(0.2))  # audio is not a start: ignored, and the clock keeps running
         frames, code = await receive_raw(ws)
@@ -312,7 +287,7 @@ async def test_no_start_within_15_s_is_connection_timeout(autojump_clock):
 
 
 async def test_a_start_within_15_s_keeps_the_session(autojump_clock):
-    async with session_pair() as (server, ws):
+    async with session_pair(path=PATH) as (server, ws):
         await trio.sleep(14)
         await start(ws)
         await trio.sleep(30)  # the start timeout no longer applies; the message idle timeout (180 s) does

@@ -6,34 +6,10 @@ from contextlib import asynccontextmanager
 import attrs
 import trio
 import trio.testing
-import trio_websocket
 
 from stt.dialects.speechmatics import SpeechmaticsDialect
-from stt.engines.scripted import ScriptedRecognizer
-from stt.engines.inline_host import InlineEngine
-from stt.server import Server, ServerConfig
 from stt.session import SessionLimits
-from tests.helpers import kinds, receive_all, silence, start_message
-
-
-@asynccontextmanager
-async def session_pair(engine=None, limits=SessionLimits(), streams=None, path="/v2", **config):
-    """A Server (no listener) handling one in-memory connection; yields (server, client websocket).
-    `streams` is a (client, server) stream pair; by default an unbounded in-memory one."""
-    engine = engine or InlineEngine("scripted", 16000, ScriptedRecognizer)
-    server = Server(ServerConfig(limits=limits, **config), engine)
-    client_stream, server_stream = streams or trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-
-        async def serve_one():
-            request = await trio_websocket.wrap_server_stream(nursery, server_stream)
-            await server.handle(request)
-
-        nursery.start_soon(serve_one)
-        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", path)
-        yield server, ws
-        await ws.aclose()
-        nursery.cancel_scope.cancel()
+from tests.helpers import kinds, receive_all, session_pair, silence, start_message
 
 
 async def test_idle_before_start_recognition_times_out_with_the_vendor_error(autojump_clock):

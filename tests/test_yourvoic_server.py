@@ -12,14 +12,10 @@ import numpy as np
 import pytest
 import trio
 import trio.testing
-import trio_websocket
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
-from stt.engines.inline_host import InlineEngine
-from stt.engines.scripted import ScriptedRecognizer
-from stt.server import Server, ServerConfig
 from stt.session import SessionLimits
-from tests.helpers import encode_audio, frames_of, running_server, silence, wait_until
+from tests.helpers import encode_audio, frames_of, running_server, session_pair, silence, wait_until
 
 PATH = "/api/v1/stt/realtime/stream"
 
@@ -224,24 +220,9 @@ async def test_a_client_close_without_the_close_message_is_recorded_as_such():
 # --- in memory, in virtual time ------------------------------------------------------------------------------
 
 
-@asynccontextmanager
-async def session_pair(engine=None, limits=SessionLimits(), query: str = "", **config):
-    """A Server (no listener) handling one in-memory YourVoic connection; yields (server, client websocket)."""
-    engine = engine or InlineEngine("scripted", 16000, ScriptedRecognizer)
-    server = Server(ServerConfig(limits=limits, **config), engine)
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-    async with trio.open_nursery() as nursery:
-
-        async def serve_one():
-            request = await trio_websocket.wrap_server_stream(nursery, server_stream)
-            await server.handle(request)
-
-        nursery.start_soon(serve_one)
-        ws = await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost",
-                                                     f"{PATH}?{query}" if query else PATH)
-        yield server, ws
-        await ws.aclose()
-        nursery.cancel_scope.cancel()
+def yourvoic_pair(engine=None, limits=SessionLimits(), query: str = "", **config):
+    """An in-memory YourVoic connection (tests.helpers.session_pair); yields (server, client websocket)."""
+    return session_pair(engine, limits, path=f"{PATH}?{query}" if query else PATH, **config)
 
 
 @attrs.define
@@ -280,7 +261,7 @@ class DeafEngine:
 async def test_the_query_string_reaches_the_engine():
     engine = DeafEngine()
     query = urlencode({"endpointing": "750", "keywords": "Dashwood,Norland Park", "interim_results": "false"})
-    async with session_pair(engine=engine, query=query) as (server, ws):
+    async with yourvoic_pair(engine=engine, query=query) as (server, ws):
         await ws.send_message(silence(0.1))
         await ws.send_message('{"type":"close"}')
         messages, code = await receive_all(ws)
@@ -290,7 +271,7 @@ async def test_the_query_string_reaches_the_engine():
 
 
 async def test_session_status_comes_every_five_seconds(autojump_clock):
-    async with session_pair(query="model=lucid-lite") as (server, ws):
+    async with yourvoic_pair(query="model=lucid-lite") as (server, ws):
         start = trio.current_time()
         await ws.send_message(silence(1.5))
         statuses = []
@@ -308,7 +289,7 @@ async def test_session_status_comes_every_five_seconds(autojump_clock):
 
 async def test_no_speech_for_60_s_is_idle_timeout_1008_even_while_audio_flows(autojump_clock):
     engine = DeafEngine()
-    async with session_pair(engine=engine) as (server, ws):
+    async with yourvoic_pair(engine=engine) as (server, ws):
         start = trio.current_time()
 
         async def send_silence():
@@ -332,7 +313,7 @@ async def test_no_speech_for_60_s_is_idle_timeout_1008_even_while_audio_flows(au
 
 
 async def test_a_silent_client_is_idle_after_60_s_too(autojump_clock):
-    async with session_pair() as (server, ws):
+    async with yourvoic_pair() as (server, ws):
         start = trio.current_time()
         messages, code = await receive_all(ws)
         assert 60 <= trio.current_time() - start < 61
@@ -341,7 +322,7 @@ async def test_a_silent_client_is_idle_after_60_s_too(autojump_clock):
 
 
 async def test_speech_keeps_the_session_alive(autojump_clock):
-    async with session_pair(query="interim_results=false") as (server, ws):
+    async with yourvoic_pair(query="interim_results=false") as (server, ws):
         for _ in range(90):  # 90 s of audio in real time; the scripted engine hears a word every 0.5 s
             await ws.send_message(silence(1.0))
             await trio.sleep(1)
@@ -352,7 +333,7 @@ async def test_speech_keeps_the_session_alive(autojump_clock):
 
 
 async def test_the_servers_message_idle_timeout_is_idle_timeout_too(autojump_clock):
-    async with session_pair(limits=SessionLimits(idle_timeout=30)) as (server, ws):
+    async with yourvoic_pair(limits=SessionLimits(idle_timeout=30)) as (server, ws):
         start = trio.current_time()
         messages, code = await receive_all(ws)
         assert 30 <= trio.current_time() - start < 31
