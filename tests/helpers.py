@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 
 import numpy as np
 import trio
@@ -16,6 +17,12 @@ from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
 from stt.server import Server, ServerConfig, open_server
 from stt.session import SessionLimits
+
+#: The recordings in tests/data, and their reference transcripts (refs.tsv: id, file, category, source,
+#: confidence, text).
+DATA = Path(__file__).resolve().parent / "data"
+REF_ROWS = [line.split("\t") for line in (DATA / "refs.tsv").read_text().splitlines()[1:]]
+REFERENCES = {row[1]: row[5].strip() for row in REF_ROWS}
 
 # --- the recording with known silences, for voice-activity tests ---------------------------------------------
 

@@ -13,11 +13,8 @@ import trio
 from stt.engines.base import StreamSettings
 from stt.events import Final
 from stt.wer import wer
-from tests.helpers import encode_audio, running_server, wait_until
+from tests.helpers import DATA, REFERENCES, REF_ROWS, encode_audio, running_server, wait_until
 
-DATA = Path(__file__).resolve().parent / "data"
-ROWS = [line.split("\t") for line in (DATA / "refs.tsv").read_text().splitlines()[1:]]
-REFERENCES = {row[1]: row[5].strip() for row in ROWS}
 CLIENT = [sys.executable, "-W", "ignore", "-c", "import sys; from speechmatics.cli import main; sys.exit(main())"]
 
 
@@ -94,7 +91,7 @@ async def test_vendor_client_transcribes_real_speech_as_well_as_the_engine_offli
 # --- the same speech in every container the client can send as a file -----------------------------------------
 
 #: Every real recording in tests/data, in the order of refs.tsv: 96 words, 43 s with the gaps.
-CORPUS = [row[1] for row in ROWS if row[2] == "real"]
+CORPUS = [row[1] for row in REF_ROWS if row[2] == "real"]
 
 #: name -> (container, codec, codec rate, bit rate); bit rates are common choices for speech.
 FILES = {

@@ -3,15 +3,13 @@ of AAC segments made from real speech, a master playlist, a live playlist, failu
 private addresses unless allowed."""
 
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from stt.fetch import FetchError, check_url, parse_playlist, stream_url
-from tests.helpers import encode_audio, serve_directory
+from tests.helpers import DATA, encode_audio, serve_directory
 
-DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="module")

@@ -5,20 +5,14 @@ pipes them) in 6400-byte chunks while reading, sends stop, and reads until a raw
 '"state":"stopped"'."""
 
 import json
-from pathlib import Path
 
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.wer import wer
-from tests.helpers import running_server, wait_until
+from tests.helpers import DATA, REFERENCES, running_server, wait_until
 
-DATA = Path(__file__).resolve().parent / "data"
-REFERENCES = {
-    line.split("\t")[1]: line.split("\t")[5].strip()
-    for line in (DATA / "refs.tsv").read_text().splitlines()[1:]
-}
 API_KEY = "sx-test-key"
 CHUNK = 6400  # 200 ms of PCM16 at 16 kHz, as the vendor recommends
 SPEEDUP = 10  # real time would be 0.2 s a chunk; ten times faster keeps the tests short

@@ -4,18 +4,14 @@ recognizer; and the ways it fails: an unreadable URL, a file that is not audio, 
 
 import json
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.wer import wer
-from tests.helpers import encode_audio, running_server, serve_directory, wait_until
+from tests.helpers import DATA, REFERENCES, encode_audio, running_server, serve_directory, wait_until
 
-DATA = Path(__file__).resolve().parent / "data"
-REFERENCES = {row.split("\t")[1]: row.split("\t")[5].strip()
-              for row in (DATA / "refs.tsv").read_text().splitlines()[1:]}
 
 
 def samples(name: str) -> np.ndarray:

@@ -5,7 +5,6 @@ server closes) streams real speech to the server with the real recognizer."""
 import io
 import json
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,13 +12,8 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.wer import wer
-from tests.helpers import GAP_RECORDING, GAP_SPEECH, running_server, wait_until
+from tests.helpers import DATA, GAP_RECORDING, GAP_SPEECH, REFERENCES, running_server, wait_until
 
-DATA = Path(__file__).resolve().parent / "data"
-REFERENCES = {
-    line.split("\t")[1]: line.split("\t")[5].strip()
-    for line in (DATA / "refs.tsv").read_text().splitlines()[1:]
-}
 CHUNK = 4096
 
 

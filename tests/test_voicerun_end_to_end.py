@@ -6,7 +6,6 @@ import base64
 import json
 import re
 import wave
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,13 +15,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from stt.engines.base import StreamSettings
 from stt.events import Final
 from stt.wer import wer
-from tests.helpers import GAP_RECORDING, GAP_SPEECH, running_server, wait_until
+from tests.helpers import DATA, GAP_RECORDING, GAP_SPEECH, REFERENCES, running_server, wait_until
 
-DATA = Path(__file__).resolve().parent / "data"
-REFERENCES = {
-    line.split("\t")[1]: line.split("\t")[5].strip()
-    for line in (DATA / "refs.tsv").read_text().splitlines()[1:]
-}
 API_KEY = "vr-test-key"
 CHUNK = 640  # 20 ms of PCM16 at 16 kHz, as the vendor's example sends
 SPEEDUP = 10  # the vendor's example paces chunks in real time; ten times faster keeps the tests short

@@ -4,7 +4,6 @@ at about ten times real time, and reads every message until the server closes.""
 
 import json
 import wave
-from pathlib import Path
 from urllib.parse import urlencode
 
 import pytest
@@ -13,13 +12,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.text import format_numbers
 from stt.wer import wer
-from tests.helpers import GAP_RECORDING, GAP_SPEECH, GAP_TOLERANCE, running_server, wait_until
+from tests.helpers import DATA, GAP_RECORDING, GAP_SPEECH, GAP_TOLERANCE, REFERENCES, running_server, wait_until
 
-DATA = Path(__file__).resolve().parent / "data"
-REFERENCES = {
-    line.split("\t")[1]: line.split("\t")[5].strip()
-    for line in (DATA / "refs.tsv").read_text().splitlines()[1:]
-}
 FRAME = 640  # 20 ms of Linear16 PCM at 16 kHz
 SPEED = 10  # times real time
 
