@@ -61,7 +61,6 @@ from stt.events import (
     FetchAudio,
     Final,
     Partial,
-    Reply,
     SessionStarted,
     SessionStatus,
     SpeechStarted,
@@ -221,8 +220,6 @@ class ScriptixDialect:
             return ['{"state":"stopped"}']
         if isinstance(item, (SpeechStarted, SpeechStopped, AudioAccepted, SessionStatus)):
             return []  # Scriptix reports no voice activity, acknowledges no audio and sends no status
-        if isinstance(item, Reply):
-            return list(item.frames)
         if isinstance(item, Violation):
             return self.render_violation(item)
         raise TypeError(f"scriptix cannot render {item!r}")

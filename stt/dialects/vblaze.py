@@ -59,7 +59,6 @@ from stt.events import (
     EndOfTranscript,
     Final,
     Partial,
-    Reply,
     SessionStarted,
     SessionStatus,
     SpeechStarted,
@@ -282,8 +281,6 @@ class VBlazeDialect:
             return [*frames, self.transcript_frame()]
         if isinstance(item, (Partial, SpeechStarted, SpeechStopped, SessionStarted, AudioAccepted, SessionStatus)):
             return []  # V-Blaze sends results only
-        if isinstance(item, Reply):
-            return list(item.frames)
         if isinstance(item, Violation):
             return self.render_violation(item)
         raise TypeError(f"vblaze cannot render {item!r}")

@@ -246,8 +246,6 @@ class VoiceRunDialect:
             return ['{"type":"speech.started"}']
         if isinstance(item, SpeechStopped):
             return ['{"type":"speech.stopped"}']
-        if isinstance(item, Reply):
-            return list(item.frames)
         if isinstance(item, SessionStarted):
             self.machine.advance("session.updated")
             return [self._first_update]

@@ -31,7 +31,6 @@ from stt.events import (
     EndOfTranscript,
     Final,
     Partial,
-    Reply,
     SessionStarted,
     SessionStatus,
     SpeechStarted,
@@ -160,8 +159,6 @@ class YourVoicDialect:
             return []  # no message follows {"type":"close"} but the finals; the server closes with 1000
         if isinstance(item, (SessionStarted, AudioAccepted)):
             return []  # YourVoic announces no session and acknowledges no audio
-        if isinstance(item, Reply):
-            return list(item.frames)
         if isinstance(item, Violation):
             return self.render_violation(item)
         raise TypeError(f"yourvoic cannot render {item!r}")
