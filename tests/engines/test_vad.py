@@ -10,9 +10,10 @@ import numpy as np
 import pytest
 from pocketsphinx import Endpointer, Vad
 
-from stt.engines import sphinx
+from stt.engines import sphinx, vad
 from stt.engines.base import StreamSettings
-from stt.engines.sphinx import SpeechDetector, SphinxRecognizer
+from stt.engines.sphinx import SphinxRecognizer
+from stt.engines.vad import SpeechDetector
 from stt.events import Final, SpeechStarted, SpeechStopped
 from tests.engines.test_sphinx import load
 from tests.helpers import GAP_RECORDING, GAP_SPEECH, GAP_TOLERANCE
@@ -180,7 +181,7 @@ def test_endpointing_longer_than_a_gap_merges_the_sentences_around_it(endpointin
 
 @pytest.mark.parametrize("endpointing", [None, 0.3, 2.1])
 def test_speech_stops_once_endpointing_seconds_of_silence_have_passed(endpointing):
-    silence = sphinx.ENDPOINTING_DEFAULT if endpointing is None else endpointing
+    silence = vad.ENDPOINTING_DEFAULT if endpointing is None else endpointing
     ends = {end for _, end in TRUTH}
     end_of_audio = len(load(GAPS)) / 16000
     stops = [(fed, r) for fed, r in stream(endpointing) if isinstance(r, SpeechStopped) and fed < end_of_audio]
@@ -196,9 +197,9 @@ def test_endpointing_range():
     for bad in (0.0, -1.0, 5.01, math.nan, math.inf):
         with pytest.raises(ValueError, match="endpointing"):
             SphinxRecognizer(StreamSettings(endpointing=bad))
-    assert sphinx.endpointing_frames(5.0) == 162  # (5 - 0.15) / 0.03
-    assert sphinx.endpointing_frames(0.45) == sphinx.endpointing_frames(None) == sphinx.START_FRAMES  # the default
-    assert sphinx.endpointing_frames(0.01) == sphinx.endpointing_frames(sphinx.MIN_ENDPOINTING) == 1  # the shortest there is
+    assert vad.endpointing_frames(5.0) == 162  # (5 - 0.15) / 0.03
+    assert vad.endpointing_frames(0.45) == vad.endpointing_frames(None) == vad.START_FRAMES  # the default
+    assert vad.endpointing_frames(0.01) == vad.endpointing_frames(vad.MIN_ENDPOINTING) == 1  # the shortest there is
 
 
 # --- the detector -------------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def test_the_default_detector_decides_as_pocketsphinx_endpointer(name):
     (which the recognizer used before endpointing could be set): the same starts, the same stops."""
     audio = load(name).tobytes()
     endpointer = Endpointer(window=0.3, ratio=0.9, vad_mode=Vad.LOOSE, sample_rate=16000, frame_length=0.03)
-    detector = SpeechDetector(sphinx.START_FRAMES)
+    detector = SpeechDetector(vad.START_FRAMES)
     size = endpointer.frame_bytes
     theirs, ours = [], []
     for frame_index, i in enumerate(range(0, len(audio) - size + 1, size)):
