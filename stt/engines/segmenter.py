@@ -9,15 +9,21 @@ order, SpeechStarted, SpeechStopped and Utterance items. The rules are the pocke
   * Speech stops after `endpointing` seconds of silence; the utterance, which ends with that silence, is
     returned, then SpeechStopped (at where speech ended, less the VAD's hangover).
   * max_delay: an utterance that grows past max_delay seconds without an endpoint is cut at the quietest
-    CUT_WINDOW of its second half (usually a pause between words; a word is split only when there is no
-    pause at all) and the rest starts the next utterance. A cut is not a speech stop.
+    CUT_WINDOW of its second half (usually a pause between words) and the rest starts the next utterance.
+    Its Utterance has `cut` set; the engine, which knows where its words lie, may move the cut back to the
+    start of a word that the cut split (`resume_at`), so that word is decoded whole with the next utterance.
+    A cut is not a speech stop.
   * flush() returns the utterance so far, forced; the detector goes on. finish() returns the rest and stops
     speech still going.
 
 Utterance.audio is the utterance's samples; start and end are sample offsets since the stream began.
+`items(samples)` yields them one by one, as the frames are classified, so that the consumer of a cut
+utterance can call `resume_at` before the segmenter goes on; `feed` is the list of them.
 """
 
 from __future__ import annotations
+
+from typing import Iterator
 
 import attrs
 import numpy as np
@@ -34,15 +40,16 @@ _HISTORY = 2 * SAMPLE_RATE  # samples kept before an utterance, for the pre-roll
 
 @attrs.frozen(eq=False)
 class Utterance:
-    """Speech to decode: `audio` (int16) from sample `start`; `forced` when a flush cut it; `continued` when it
-    goes on from a max_delay cut (its first words follow the last utterance's without a pause); `trailing`:
-    samples at its end after speech stopped (the endpointing silence, less TRAIL_KEPT)."""
+    """Speech to decode: `audio` (int16) from sample `start`; `forced` when a flush cut it; `cut` when max_delay
+    did; `continued` when it goes on from a cut (its first words follow the last utterance's without a pause);
+    `trailing`: samples at its end after speech stopped (the endpointing silence, less TRAIL_KEPT)."""
 
     start: int
     audio: np.ndarray
     forced: bool = False
     continued: bool = False
     trailing: int = 0
+    cut: bool = False
 
     @property
     def end(self) -> int:
@@ -59,6 +66,7 @@ class Segmenter:
         self._history_start = 0
         self._utt_start: int | None = None  # where the current utterance began (None: not in one)
         self._continued = False  # the current utterance began at a max_delay cut
+        self._last_cut_start = -1  # where the utterance that the last cut ended began
         self._new_detector(origin=0)
 
     # --- the interface -----------------------------------------------------------------------------------
@@ -78,19 +86,28 @@ class Segmenter:
             self.max_delay = self._check_max_delay(max_delay)
 
     def feed(self, samples: np.ndarray) -> list:
+        return list(self.items(samples))
+
+    def items(self, samples: np.ndarray) -> Iterator:
+        """SpeechStarted, SpeechStopped and Utterance items, yielded as the frames that make them are read."""
         samples = np.asarray(samples)
         if samples.dtype != np.int16 or samples.ndim != 1:
             raise TypeError(f"samples must be mono int16, not {samples.dtype} of shape {samples.shape}")
         self._history = np.concatenate([self._history, samples])
         self.total += len(samples)
-        out: list = []
         frame = self._frame_samples
         while self.total - self._frame_end >= frame:
             chunk = self._audio(self._frame_end, self._frame_end + frame)
             self._frame_end += frame
-            self._process(chunk.tobytes(), out)
+            yield from self._process(chunk.tobytes())
         self._trim_history()
-        return out
+
+    def resume_at(self, sample: int) -> None:
+        """Right after a cut Utterance: the next utterance starts at `sample` (inside the cut one, or at its
+        end), not at the cut; the audio from there is decoded again with it."""
+        if not self._continued or self._utt_start != self.covered or not self._last_cut_start < sample <= self.covered:
+            raise ValueError(f"resume_at({sample}) is not right after a cut")
+        self._utt_start = self.covered = sample
 
     def flush(self) -> list:
         """The utterance so far, forced (empty audio when there is none); speech detection goes on."""
@@ -148,11 +165,11 @@ class Segmenter:
             self._history = self._history[drop:].copy()
             self._history_start += drop
 
-    def _process(self, frame: bytes, out: list) -> None:
+    def _process(self, frame: bytes) -> Iterator:
         detector = self._detector
         event = detector.process(frame)
         if event is SpeechStarted:
-            out.append(SpeechStarted(_seconds(self._sample(detector.start))))
+            yield SpeechStarted(_seconds(self._sample(detector.start)))
         if self._utt_start is None and detector.hearing:
             run_start = self._sample(detector.run_start)
             self._utt_start = max(self.covered, run_start - round(PREROLL * SAMPLE_RATE), self._history_start)
@@ -160,16 +177,18 @@ class Segmenter:
             stopped = self._stopped_at(detector.stop)
             if self._utt_start is not None:
                 trailing = self._frame_end - max(stopped + round(TRAIL_KEPT * SAMPLE_RATE), self._utt_start)
-                out.append(self._end_utterance(self._frame_end, forced=False, trailing=max(trailing, 0)))
-            out.append(SpeechStopped(_seconds(stopped)))
+                yield self._end_utterance(self._frame_end, forced=False, trailing=max(trailing, 0))
+            yield SpeechStopped(_seconds(stopped))
         elif self._utt_start is not None and self._frame_end - self._utt_start > self.max_delay * SAMPLE_RATE:
-            out.append(self._end_utterance(self._cut_point(), forced=False))
+            self._last_cut_start = self._utt_start
+            utterance = self._end_utterance(self._cut_point(), forced=False, cut=True)
             self._utt_start, self._continued = self.covered, True  # the rest goes on as the next utterance
+            yield utterance
 
-    def _end_utterance(self, end: int, forced: bool, trailing: int = 0) -> Utterance:
+    def _end_utterance(self, end: int, forced: bool, trailing: int = 0, cut: bool = False) -> Utterance:
         assert self._utt_start is not None
         utterance = Utterance(self._utt_start, self._audio(self._utt_start, end).copy(), forced, self._continued,
-                              trailing)
+                              trailing, cut)
         self._utt_start, self._continued = None, False
         self.covered = end
         return utterance

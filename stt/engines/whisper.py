@@ -72,6 +72,7 @@ def check_model(path: str | os.PathLike | None) -> Path:
     return model
 
 
+CUT_TAIL = 0.15  # seconds: a last word that ends this close to a max_delay cut may be cut in two
 PROMPT_CHARS = 120  # of the last final's text, given as the prompt of an utterance that goes on from a cut
 
 
@@ -273,10 +274,17 @@ class WhisperStream:
 
     async def feed(self, samples: np.ndarray) -> list:
         out = self._take_ready()
-        sphinx_results = await self._sphinx.feed(samples) if self._sphinx is not None else []
-        for item in self._segmenter.feed(samples):
+        results = await self._sphinx.feed(samples) if self._sphinx is not None else []
+        sphinx = [r for r in results if isinstance(r, Partial)]  # its finals and speech events are not used
+        for item in self._segmenter.items(samples):
+            if isinstance(item, Utterance):  # sphinx's partials up to this utterance's end come before its final
+                end = item.end / SAMPLE_RATE + 0.01
+                out += self._two_pass_partial([p for p in sphinx if p.end <= end], item.start)
+                sphinx = [p for p in sphinx if p.end > end]
             out += await self._handle(item)
-        out += self._two_pass_partial(sphinx_results)
+        current = self._segmenter.current()
+        if current is not None:
+            out += self._two_pass_partial(sphinx, current.start)
         self._ask_for_partial()
         return out
 
@@ -308,14 +316,19 @@ class WhisperStream:
             return [item]
         assert isinstance(item, Utterance)
         words = await self.engine.decode_final(self._speech(item), self._options_for(item)) if len(item.audio) else ()
+        end = item.end
+        if item.cut and len(words) > 1 and words[-1].end * SAMPLE_RATE >= item.end - CUT_TAIL * SAMPLE_RATE:
+            # The last word reaches the cut, which may have split it: it goes to the next utterance, whole.
+            end = max(round(words[-1].start * SAMPLE_RATE), item.start + 1)
+            self._segmenter.resume_at(end)
+            words = words[:-1]
         self._last_text = " ".join(w.text for w in words)
         self._utterance_id += 1
         self._ready = None
         superseding = self._partial_shown or self._partials
         self._partial_shown = False
         if words or item.forced or superseding:
-            return [Final(words, round(item.start / SAMPLE_RATE, 2), round(item.end / SAMPLE_RATE, 2),
-                          forced=item.forced)]
+            return [Final(words, round(item.start / SAMPLE_RATE, 2), round(end / SAMPLE_RATE, 2), forced=item.forced)]
         return []
 
     @staticmethod
@@ -332,12 +345,12 @@ class WhisperStream:
             return attrs.evolve(options, prompt=self._last_text[-PROMPT_CHARS:])
         return options
 
-    def _partial(self, words: tuple[Word, ...], end: float) -> list[Partial]:
-        """A Partial of the current utterance, if it adds to what was shown (monotone in time)."""
-        current = self._segmenter.current()
-        if current is None or not self._partials or end <= self._last_partial_end:
+    def _partial(self, words: tuple[Word, ...], end: float, utterance_start: int) -> list[Partial]:
+        """A Partial of the utterance that began at `utterance_start`, if it adds to what was shown (partials
+        are monotone in time, and never reach back before the last final)."""
+        if not self._partials or end <= self._last_partial_end:
             return []
-        start = current.start / SAMPLE_RATE
+        start = utterance_start / SAMPLE_RATE
         words = tuple(w for w in words if w.start >= start - 0.02)
         if not words and not self._partial_shown:
             return []
@@ -347,16 +360,17 @@ class WhisperStream:
 
     def _take_ready(self) -> list:
         ready, self._ready = self._ready, None
-        if ready is None or ready[0] != self._utterance_id:
+        current = self._segmenter.current()
+        if ready is None or ready[0] != self._utterance_id or current is None:
             return []
-        return self._partial(ready[1].words, ready[1].end)
+        return self._partial(ready[1].words, ready[1].end, current.start)
 
-    def _two_pass_partial(self, results: list) -> list:
-        partials = [r for r in results if isinstance(r, Partial)]
+    def _two_pass_partial(self, partials: list[Partial], utterance_start: int) -> list:
+        """The latest of the streaming recognizer's partials, as a partial of the utterance."""
         if not partials:
             return []
         latest = partials[-1]
-        return self._partial(latest.words, latest.end)
+        return self._partial(latest.words, latest.end, utterance_start)
 
     def _ask_for_partial(self) -> None:
         if self.engine.partials != "redecode" or not self._partials or self._in_flight:

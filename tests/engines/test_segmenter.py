@@ -130,3 +130,20 @@ def test_bad_samples_are_refused():
         Segmenter().feed(np.zeros(10, np.float32))
     with pytest.raises(ValueError):
         Segmenter(max_delay=0)
+
+
+def test_the_consumer_of_a_cut_may_move_it_back_to_a_word_start():
+    audio = load("ps_librivox_0870")
+    segmenter = Segmenter(max_delay=2.0)
+    got = []
+    for item in segmenter.items(audio):
+        if isinstance(item, Utterance) and item.cut and not got:
+            segmenter.resume_at(item.end - 1600)  # 0.1 s back: the last word goes to the next utterance
+        got.append(item)
+    got += segmenter.finish()
+    cut = utterances(got)
+    assert cut[0].cut and cut[1].continued
+    assert cut[1].start == cut[0].end - 1600  # its audio is decoded again, with what follows
+    assert np.array_equal(cut[1].audio, audio[cut[1].start : cut[1].end])
+    with pytest.raises(ValueError):
+        segmenter.resume_at(10)  # not right after a cut
