@@ -136,7 +136,8 @@ class SpeechmaticsDialect:
         self.language = language
         self.partials = config.get("enable_partials", False)
         return Configure(audio=audio, language=language, partials=self.partials,
-                         max_delay=float(config.get("max_delay", DEFAULT_MAX_DELAY)))
+                         max_delay=float(config.get("max_delay", DEFAULT_MAX_DELAY)),
+                         hints=_vocabulary(config.get("additional_vocab", [])))
 
     def _audio_format(self, fmt: Any) -> AudioFormat:
         if not isinstance(fmt, dict):
@@ -289,3 +290,14 @@ def new_session_id() -> str:
 
 def _dump(obj: dict) -> str:
     return json.dumps(obj, separators=(",", ":"))
+
+
+def _vocabulary(entries: list) -> tuple[str, ...]:
+    """additional_vocab's words, for an engine that favours them: strings, or objects' `content`."""
+    words = []
+    for entry in entries:
+        content = entry.get("content") if isinstance(entry, dict) else entry
+        if not isinstance(content, str) or not content.strip():
+            raise RuleBroken("SM-CFG-002", "additional_vocab entries must be strings or objects with a content string")
+        words.append(content.strip())
+    return tuple(dict.fromkeys(words))

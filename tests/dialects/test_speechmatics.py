@@ -137,12 +137,20 @@ def test_bad_audio_format_is_invalid_audio_type(audio_format, detail):
         ({"max_delay_mode": "sometimes"}, "SM-CFG-002", "must be one of"),
         ({"no_such_field": 1}, "SM-CFG-002", "not a known field"),
         ({"language": "xx"}, "SM-CFG-003", "'xx' is not supported"),
+        ({"additional_vocab": [{"sounds_like": ["x"]}]}, "SM-CFG-002", "additional_vocab entries"),
+        ({"additional_vocab": [""]}, "SM-CFG-002", "additional_vocab entries"),
     ],
 )
 def test_bad_transcription_config(config, rule, detail):
     v = violation(dialect(started=False).receive(start(**config)))
     assert v.rule.id == rule and detail in v.detail
     assert v.rule.error == {"SM-CFG-002": "invalid_config", "SM-CFG-003": "invalid_language"}[rule]
+
+
+def test_additional_vocab_is_the_engine_s_hints():
+    vocab = ["gnocchi", {"content": "CEO", "sounds_like": ["C.E.O."]}, "gnocchi"]
+    [configure] = dialect(started=False).receive(start(additional_vocab=vocab))[:1]
+    assert configure.hints == ("gnocchi", "CEO")
 
 
 def test_language_in_path_must_match_the_config():

@@ -282,3 +282,14 @@ def test_the_default_model_loads_and_decodes_with_no_network():
     text, timed = done.stdout.splitlines()
     assert text == "go forward ten meters"
     assert timed == "True"
+
+
+async def test_hints_and_the_last_final_reach_the_decoder():
+    runner = FakeRunner()
+    async with trio.open_nursery() as nursery:
+        engine = WhisperEngine(runner, workers=1, nursery=nursery, partials="none")
+        await stream_results(engine, load("ps_librivox_0870"), StreamSettings(max_delay=2.0, hints=("dashwood",)))
+    options = [call[2] for call in runner.calls]
+    assert len(options) >= 3 and all(o.hints == ("dashwood",) for o in options)
+    assert options[0].prompt == ""  # the first utterance follows nothing
+    assert all(o.prompt.startswith("w0") for o in options[1:])  # the others go on from a cut: the text before
