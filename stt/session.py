@@ -21,7 +21,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections import Counter
+from collections import Counter, deque
 from contextlib import AsyncExitStack, aclosing
 from typing import Callable
 
@@ -31,7 +31,7 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from stt.audio import BadAudio, UnsupportedAudio, open_decoder
-from stt.dialects.base import Dialect
+from stt.dialects.base import Dialect, render_shutting_down
 from stt.engines.base import Engine, StreamSettings
 from stt.fetch import FetchError, stream_url
 from stt.events import (
@@ -49,10 +49,12 @@ from stt.events import (
     Reply,
     SessionStarted,
     SessionStatus,
+    ShuttingDown,
     SpeechStarted,
     SpeechStopped,
     Violation,
 )
+from stt.metrics import Metrics, SessionMetrics
 from stt.statechart import ChartMachine, Rule
 
 log = logging.getLogger("stt.session")
@@ -71,6 +73,7 @@ class SessionLimits:
     result_queue: int = 64  # frames between decoder/reader and writer
     max_batch_bytes: int = 64 * 1024  # audio the decoder coalesces into one engine call
     max_file_bytes: int = 64 << 20  # an MP4/M4A file, which is decoded whole, may be at most this large
+    max_session_seconds: float = 0.0  # a session is ended (the "session_timeout" ending) after this long; 0: never
 
 
 class ChannelStreams:
@@ -132,6 +135,7 @@ class Session:
         limits: SessionLimits = SessionLimits(),
         authorise: Callable[[str | None], bool] = lambda credential: True,
         allow_private_urls: bool = False,
+        metrics: SessionMetrics | None = None,
     ):
         self.id = str(uuid.uuid4())
         self.ws = ws
@@ -142,6 +146,11 @@ class Session:
         self._authorise = authorise  # the server's key check: credential -> allowed
         self._configured = False  # the dialect's start message (a Configure) has arrived
         self.allow_private_urls = allow_private_urls  # FetchAudio may read from private addresses
+        self.metrics = metrics or Metrics().session(dialect.name)  # the server's, or a session's own
+        self.close_code: int | None = None  # the close code, once closed (1006: the connection dropped)
+        self._opened = trio.current_time()  # the max_session_seconds clock starts with the connection
+        self._arrivals: deque[float] = deque()  # when each audio frame still queued for the decoder arrived
+        self._last_arrival = self._opened  # when the last audio frame the decoder took arrived
         self._idle: trio.CancelScope | None = None  # the reader's idle timer
         self._fetching = False  # the server reads the audio itself: a silent client is not idle
         self.ending: Ending | None = None
@@ -160,8 +169,12 @@ class Session:
     # --- running ------------------------------------------------------------------------------------------
 
     async def run(self) -> Ending:
-        log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect.handshake.path)
-        if not self._authorise(self.dialect.credential()) and not self.dialect.credential_in_start:
+        log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect.handshake.path,
+                 extra={"session": self.id, "dialect": self.dialect.name, "path": self.dialect.handshake.path,
+                        "state": self.lifecycle.state})
+        if self.ending is not None:
+            pass  # refused before it began (refuse): only the error and the close
+        elif not self._authorise(self.dialect.credential()) and not self.dialect.credential_in_start:
             self._end("unauthorised", "missing or invalid API key")
         else:
             try:
@@ -192,6 +205,13 @@ class Session:
                 nursery.start_soon(self._status, self.dialect.status_interval)
             if self.dialect.speech_idle_timeout:
                 nursery.start_soon(self._speech_idle, self.dialect.speech_idle_timeout)
+            if self.limits.max_session_seconds:
+                nursery.start_soon(self._time_limit, self.limits.max_session_seconds)
+
+    def refuse(self, ending: str, detail: str = "") -> None:
+        """Decide before run() that the session ends as `ending` (the server's admission limits: "busy"): run()
+        then sends the dialect's error for it, if any, and closes with its code, without a greeting."""
+        self._end(ending, detail)
 
     def _end(self, ending: str | Rule, detail: str = "") -> None:
         """Decide how the session ends (the first decision wins) and stop its tasks."""
@@ -222,6 +242,8 @@ class Session:
         else:
             with trio.move_on_after(self.limits.send_timeout):
                 await self.ws.aclose()
+        self.close_code = 1006 if code is None else code
+        previous_state = self.lifecycle.state
         self.lifecycle.advance("end")
         self.dialect.machine.advance("close")
         log.log(
@@ -231,7 +253,28 @@ class Session:
             "session %s closed %s: %s %s%s (frames in %d, audio frames %d)",
             self.id, 1006 if code is None else code, ending.name, rule.id, f": {ending.detail}" if ending.detail else "",
             self.frames_in, self.audio_frames,
+            extra={"session": self.id, "dialect": self.dialect.name, "previous_state": previous_state,
+                   "state": self.lifecycle.state, "ending": ending.name, "rule": rule.id,
+                   "close_code": 1006 if code is None else code, "frames_in": self.frames_in,
+                   "audio_frames": self.audio_frames},
         )
+
+    # --- the server shutting down -------------------------------------------------------------------------
+
+    def shutting_down(self, at: float) -> None:
+        """The server stopped accepting and will end this session at `at` (Unix seconds) unless it ends before:
+        tell the client, where the dialect has a message for it. A client too slow to leave room for it in the
+        queue does not get it."""
+        frames = render_shutting_down(self.dialect, ShuttingDown(at))
+        if frames and self.ending is None:
+            try:
+                self._out_send.send_nowait(Reply(tuple(frames)))
+            except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+                pass
+
+    def shut_down(self) -> None:
+        """The server's grace ran out: end the session as going away (the lifecycle's "shutdown", 1001)."""
+        self._end("shutdown", "the server is shutting down")
 
     # --- reader -------------------------------------------------------------------------------------------
 
@@ -283,6 +326,7 @@ class Session:
                 self._idle.deadline = math.inf
             self._nursery.start_soon(self._fetch, event.url)
         elif isinstance(event, Audio):
+            self._arrivals.append(trio.current_time())
             await self._audio_send.send(event)
             self.audio_frames += 1
             await self._out_send.send(AudioAccepted(self.audio_frames))
@@ -351,15 +395,20 @@ class Session:
                     self.lifecycle.advance("audio")
                 samples = await self._run_decoder(decoder.decode, b"".join(chunks))
                 self.audio_samples += samples.shape[-1]
-                results = await stream.feed(samples) if samples.size else []
+                self.metrics.audio(self.audio_samples / self.engine.sample_rate, self._arrived(len(chunks)))
+                results = await self._timed(stream.feed(samples)) if samples.size else []
             elif isinstance(item, Reconfigure):
                 await stream.configure(partials=item.partials, max_delay=item.max_delay)
                 results = []
             elif isinstance(item, Flush):
-                results = await stream.flush()
+                results = await self._timed(stream.flush())
             elif isinstance(item, EndOfAudio):
                 tail = await self._run_decoder(decoder.finish)
-                results = (await stream.feed(tail) if tail.size else []) + await stream.finish()
+                if tail.size:  # what a container held back until its end arrived, with the last frame
+                    self.metrics.audio((self.audio_samples + tail.shape[-1]) / self.engine.sample_rate,
+                                       self._last_arrival)
+                results = await self._timed(stream.feed(tail)) if tail.size else []
+                results += await self._timed(stream.finish())
                 results.append(EndOfTranscript())
             else:
                 raise TypeError(f"unexpected item {item!r}")
@@ -367,6 +416,20 @@ class Session:
                 await self._out_send.send(result)
             if isinstance(item, EndOfAudio):
                 return
+
+    def _arrived(self, frames: int) -> float:
+        """When the last of the next `frames` queued audio frames arrived (and forget them)."""
+        for _ in range(min(frames, len(self._arrivals))):
+            self._last_arrival = self._arrivals.popleft()
+        return self._last_arrival
+
+    async def _timed(self, call):
+        """Await a call to the engine, counting the time it takes as decode time."""
+        start = trio.current_time()
+        try:
+            return await call
+        finally:
+            self.metrics.decoded(trio.current_time() - start)
 
     @staticmethod
     async def _run_decoder(method, *args):
@@ -387,13 +450,16 @@ class Session:
                     if isinstance(item, (SpeechStarted, SpeechStopped)) or (isinstance(item, (Partial, Final))
                                                                              and item.words):
                         self._last_speech = trio.current_time()
-                    for frame in item.frames if isinstance(item, Reply) else self.dialect.render(item):
+                    frames = item.frames if isinstance(item, Reply) else self.dialect.render(item)
+                    for frame in frames:
                         sending.deadline = trio.current_time() + self.limits.send_timeout
                         try:
                             await self.ws.send_message(frame)
                         except ConnectionClosed:
                             return  # the reader sees the close and ends the session
                     sending.deadline = math.inf
+                    if frames and isinstance(item, (Partial, Final)):
+                        self.metrics.sent(item, trio.current_time())  # the result's lag
                     self._greeted.set()
                     if isinstance(item, EndOfTranscript):
                         self._finished = True
@@ -411,6 +477,7 @@ class Session:
         try:
             async with aclosing(stream_url(url, allow_private=self.allow_private_urls)) as chunks:
                 async for chunk in chunks:
+                    self._arrivals.append(trio.current_time())
                     await self._audio_send.send(Audio(chunk))
                     self.audio_frames += 1
         except FetchError as exc:
@@ -431,6 +498,20 @@ class Session:
         while trio.current_time() < self._last_speech + timeout:
             await trio.sleep_until(self._last_speech + timeout)
         self._end("idle_timeout", f"no speech for {timeout:g} s")
+
+    async def _time_limit(self, seconds: float) -> None:
+        """max_session_seconds: warn the client ahead where the dialect has a warning for it (Speechmatics:
+        45, 30 and 15 minutes ahead, those within the limit), then end the session as "session_timeout"."""
+        end = self._opened + seconds
+        rule_id = getattr(self.dialect, "time_limit_warning_rule", None)
+        for ahead in sorted(getattr(self.dialect, "time_limit_warnings", ()), reverse=True):
+            if rule_id and ahead < seconds:
+                await trio.sleep_until(end - ahead)
+                # The server's own notice, not a rule the client broke: not counted in self.violations.
+                await self._out_send.send(Violation(self.dialect.chart.rule(rule_id),
+                                                    f"it will be ended in {ahead:g} s (the limit is {seconds:g} s)"))
+        await trio.sleep_until(end)
+        self._end("session_timeout", f"the session lasted the limit of {seconds:g} s")
 
     async def _close_after_grace(self) -> None:
         """The client closes after the end of the transcript (the reader then ends the session); if it does

@@ -36,6 +36,8 @@ ENDINGS = (
     "message_too_large",  # a frame over the size limit
     "bad_audio",  # the client's audio does not decode as the format it declared
     "shutdown",  # the server is going away
+    "busy",  # the server's session limits (--max-sessions, --max-sessions-per-key) refuse a new session
+    "session_timeout",  # the session reached the server's maximum duration (--max-session-seconds)
 )
 
 # `transitions` logs every state change at INFO; a server runs thousands a second.

@@ -34,3 +34,25 @@ def test_ctrl_c_stops_the_server_cleanly():
         server.kill()
     assert server.returncode == 0, rest
     assert "Traceback" not in rest
+
+
+def test_serve_help_documents_the_operations_options_and_where_else_each_can_be_set(capsys):
+    try:
+        main(["serve", "--help"])
+    except SystemExit as exc:
+        assert exc.code == 0
+    text = " ".join(capsys.readouterr().out.split())  # as one line: argparse wraps the help
+    for option in ("--config", "--api-keys-file", "--certfile", "--keyfile", "--log-format", "--shutdown-grace",
+                   "--workers"):
+        assert option in text
+    assert "--foo-bar <-> STT_FOO_BAR <-> foo_bar" in text and "STT_API_KEYS" in text
+
+
+def test_a_bad_setting_stops_stt_serve_before_it_starts_naming_it(capsys, tmp_path, monkeypatch):
+    config = tmp_path / "stt.toml"
+    config.write_text("port = 9000\nidle_timout = 5\n")
+    assert main(["serve", "--config", str(config)]) == 2
+    assert f"stt: {config}: unknown key 'idle_timout'" in capsys.readouterr().err
+    monkeypatch.setenv("STT_PORT", "nine")
+    assert main(["serve"]) == 2
+    assert "STT_PORT: 'nine' is not an integer" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import attrs
 
-from stt.events import Violation
+from stt.events import ShuttingDown, Violation
 from stt.statechart import Chart, ChartMachine, Refused
 
 
@@ -98,6 +98,13 @@ class Dialect(Protocol):
 
     def render_violation(self, violation: Violation) -> list[str | bytes]:
         """The vendor's error or warning frame for a broken rule (empty if the vendor sends none)."""
+
+
+def render_shutting_down(dialect: Dialect, event: ShuttingDown) -> list[str | bytes]:
+    """The frames announcing that the server is going away: the dialect's own where its vendor documents one
+    (the dialect sets `announces_shutdown` and renders ShuttingDown: Scriptix), none for the others, whose
+    render() does not know the event."""
+    return dialect.render(event) if getattr(dialect, "announces_shutdown", False) else []
 
 
 def refused(outcome) -> list[Violation] | None:

@@ -27,6 +27,8 @@ Our choices where the vendor is silent:
   * {"state":"loading"} (listed in the v2 documents) is never sent, in either shape: the vendor's own v2
     client (client_v2.py) takes the first message after its start action to be the one with "listening".
   * An empty partial is not sent; an empty final only to replace a partial that came to nothing.
+  * {"state":"shutting_down","at":…} (the vendor sends it before maintenance) goes out when the server begins
+    to shut down; `at` is the Unix second at which it will close the sessions still open (1001).
   * Audio before the start action is ignored (a warning rule; Scriptix sends nothing). Audio pipelined after
     the start action, before {"state":"listening"} arrives, is kept: the server reads nothing more until the
     recognizer is open, so it is never lost.
@@ -63,6 +65,7 @@ from stt.events import (
     Partial,
     SessionStarted,
     SessionStatus,
+    ShuttingDown,
     SpeechStarted,
     SpeechStopped,
     Violation,
@@ -89,6 +92,7 @@ class ScriptixDialect:
     chart = load_chart("scriptix").with_endings_from(load_chart("lifecycle"))
 
     closes_after_end = True  # {"state":"stopped"} is the last message; the server closes 1000 at once
+    announces_shutdown = True  # {"state":"shutting_down","at":<Unix seconds>} (§3.3)
     rejects_unauthorised = False  # a bad token is {"error":…} and close 1008 after the upgrade (§3.7)
     status_interval = None
     speech_idle_timeout = None
@@ -218,6 +222,8 @@ class ScriptixDialect:
         if isinstance(item, EndOfTranscript):
             self.machine.advance("stopped")
             return ['{"state":"stopped"}']
+        if isinstance(item, ShuttingDown):  # the chart's state is unchanged: the session goes on until it ends
+            return [_dump({"state": "shutting_down", "at": int(item.at)})]
         if isinstance(item, (SpeechStarted, SpeechStopped, AudioAccepted, SessionStatus)):
             return []  # Scriptix reports no voice activity, acknowledges no audio and sends no status
         if isinstance(item, Violation):

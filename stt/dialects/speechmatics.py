@@ -203,6 +203,10 @@ class SpeechmaticsDialect:
     speech_idle_timeout = None
     credential_in_start = False
     start_timeout = None
+    #: Before --max-session-seconds ends a session, a Warning session_timeout this many seconds ahead (§4.7:
+    #: 45, 30 and 15 minutes; those longer than the limit are skipped); its chart rule.
+    time_limit_warnings = (2700.0, 1800.0, 900.0)
+    time_limit_warning_rule = "SM-LIMIT-003"
 
     def greeting(self) -> list[str]:
         return []

@@ -145,6 +145,7 @@ class VBlazeDialect:
 
     closes_after_end = True  # the complete transcript is the last message; the server closes 1000 (§1.3)
     rejects_unauthorised = True  # with API keys configured, a missing or wrong `token` tag is HTTP 401
+    refuses_busy_at_upgrade = True  # at the session limit: HTTP 503 and the chart's busy message (VB-BUSY-001)
     status_interval = None
     speech_idle_timeout = None
     credential_in_start = False

@@ -266,7 +266,7 @@ class VoiceRunDialect:
         if code is None:
             return []  # an unauthorised client gets nothing but the close (§5.1); lifecycle endings likewise
         message = f"{rule.message}: {violation.detail}" if violation.detail else rule.message
-        kind = "server_error" if code == "internal_error" else "invalid_request_error"
+        kind = "server_error" if code in ("internal_error", "too_many_sessions") else "invalid_request_error"
         return [_dump({"type": "error", "error": {"type": kind, "code": code, "message": message}})]
 
 

@@ -289,7 +289,8 @@ def test_every_forbidden_pair_has_a_rule_and_the_chart_names_every_ending():
     chart = load_chart("scriptix")
     for (state, event), rule_id in chart.forbidden.items():
         assert rule_id in chart.rules
-    assert set(chart.endings) == {"unauthorised", "idle_timeout", "bad_audio", "internal_error"}
+    assert set(chart.endings) == {"unauthorised", "idle_timeout", "bad_audio", "internal_error", "busy",
+                                  "session_timeout"}
 
 
 # --- results: shape K ------------------------------------------------------------------------------------

@@ -24,7 +24,6 @@ from stt.events import (
     Violation,
     Word,
 )
-from stt.statechart import load_chart
 
 PATH = "/api/v1/stt/realtime/stream"
 
@@ -286,8 +285,7 @@ def test_endings_map_to_vendor_errors():
     assert (chart.ending("bad_audio").error, chart.ending("bad_audio").close) == ("INVALID_AUDIO", 1007)
     assert (chart.ending("internal_error").error, chart.ending("internal_error").close) == ("INTERNAL_ERROR", 1011)
     assert chart.ending("normal").close == 1000
-    # Plan limits are rules of the protocol, defined for when the server has such limits; none uses them yet.
-    own = load_chart("yourvoic")
-    assert {own.rule("YV-LIMIT-001").error, own.rule("YV-LIMIT-002").error} == {"SESSION_LIMIT_REACHED",
-                                                                                 "CONCURRENT_LIMIT"}
-    assert "YV-LIMIT-001" not in own.endings.values() and "YV-LIMIT-001" not in own.forbidden.values()
+    # Plan limits: the server's --max-session-seconds and --max-sessions(-per-key) end sessions with them.
+    assert (chart.ending("session_timeout").error, chart.ending("session_timeout").close) == ("SESSION_LIMIT_REACHED",
+                                                                                          1008)
+    assert (chart.ending("busy").error, chart.ending("busy").close) == ("CONCURRENT_LIMIT", 1008)

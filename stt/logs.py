@@ -1,0 +1,81 @@
+"""Log output: human text on a terminal, JSON lines for log collectors.
+
+A JSON line carries `time` (UTC, ISO 8601, milliseconds), `level`, `logger`, `message`, `pid`, and every field
+the call site passed with `extra=` (the session logs its id, dialect, lifecycle transition, ending and close
+code that way), plus `exception` when there is a traceback:
+
+    {"time":"2025-01-31T12:00:00.123Z","level":"INFO","logger":"stt.session","message":"session … closed 1000: …",
+     "pid":4242,"session":"…","dialect":"speechmatics","state":"closed","previous_state":"connected",
+     "ending":"normal","rule":"LC-END-001","close_code":1000}
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import logging
+import sys
+from typing import TextIO
+
+LOG_FORMATS = ("auto", "json", "text")
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+#: The attributes every LogRecord has; anything else on a record came from `extra=`.
+_RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, on one line."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": datetime.datetime.fromtimestamp(record.created, datetime.timezone.utc)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+            "pid": record.process,
+        }
+        for key, value in vars(record).items():
+            if key not in _RECORD_ATTRIBUTES and key not in line:
+                line[key] = value
+        if record.exc_info:
+            line["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            line["exception"] = record.exc_text
+        if record.stack_info:
+            line["stack"] = self.formatStack(record.stack_info)
+        return json.dumps(line, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+def formatter_for(fmt: str, stream: TextIO) -> logging.Formatter:
+    """`json`, `text`, or `auto`: text when `stream` is a terminal, JSON lines otherwise."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
+    if fmt == "auto":
+        fmt = "text" if _is_terminal(stream) else "json"
+    return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+
+
+def configure_logging(level: str | int = "info", fmt: str = "auto", stream: TextIO | None = None) -> logging.Handler:
+    """Send every log record at `level` or above to `stream` (default: stderr) in format `fmt`; replaces the
+    root logger's handlers, so calling it again reconfigures. Returns the handler it installed."""
+    stream = stream if stream is not None else sys.stderr
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(formatter_for(fmt, stream))
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper() if isinstance(level, str) else level)
+    return handler
+
+
+def _is_terminal(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):  # no isatty, or a closed stream
+        return False
+
+
+__all__ = ["LOG_FORMATS", "JsonFormatter", "configure_logging", "formatter_for"]
