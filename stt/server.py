@@ -134,6 +134,7 @@ class Server:
         with self.connections.counting():
             try:
                 if self.closing_at is not None:  # accepted just before the listener closed
+                    self.metrics.reject("none", "shutting_down")
                     await request.reject(503, body=b"server shutting down\n")
                     return
                 await self._handle(request)

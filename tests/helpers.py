@@ -74,6 +74,18 @@ async def connect(server, path: str = "/v2", headers=()):
         yield ws
 
 
+async def connect_in_memory(server: Server, nursery: trio.Nursery, path: str = "/v2"):
+    """A client WebSocket on an in-memory stream whose other end `server.handle` serves, in `nursery` (no
+    listener: for tests with autojump_clock, whose virtual time sockets do not follow)."""
+    client_stream, server_stream = trio.testing.memory_stream_pair()
+
+    async def serve_one():
+        await server.handle(await trio_websocket.wrap_server_stream(nursery, server_stream))
+
+    nursery.start_soon(serve_one)
+    return await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", path)
+
+
 async def receive_all(ws, until: str | None = None) -> tuple[list[dict], int | None]:
     """Messages until `until` arrives (then stop) or the server closes (then also its close code)."""
     received = []

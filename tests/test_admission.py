@@ -15,7 +15,8 @@ from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
 from stt.server import Server, ServerConfig
 from stt.session import SessionLimits
-from tests.helpers import connect, frames_of, running_server, silence, start_message, wait_until
+from tests.helpers import (connect, connect_in_memory, frames_of, running_server, silence, start_message,
+                           wait_until)
 
 def bearer(key: str) -> list[tuple[str, str]]:
     return [("Authorization", f"Bearer {key}")]
@@ -250,17 +251,6 @@ async def test_a_connection_cancelled_from_outside_gives_its_slot_back():
 # --- maximum duration (virtual time) ----------------------------------------------------------------------------
 
 
-async def open_connection(server, nursery, path):
-    client_stream, server_stream = trio.testing.memory_stream_pair()
-
-    async def serve_one():
-        request = await trio_websocket.wrap_server_stream(nursery, server_stream)
-        await server.handle(request)
-
-    nursery.start_soon(serve_one)
-    return await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", path)
-
-
 def in_memory_server(**config) -> Server:
     engine = InlineEngine("scripted", 16000, ScriptedRecognizer)
     limits = SessionLimits(idle_timeout=10 ** 6, max_session_seconds=config.pop("max_session_seconds"))
@@ -281,7 +271,7 @@ async def timed_messages(ws) -> tuple[list[tuple[float, dict]], int, str]:
 async def test_speechmatics_is_warned_45_30_and_15_minutes_ahead_then_timelimit_exceeded_4006(autojump_clock):
     server = in_memory_server(max_session_seconds=3600)
     async with trio.open_nursery() as nursery:
-        ws = await open_connection(server, nursery, "/v2")
+        ws = await connect_in_memory(server, nursery, "/v2")
         await started(ws)
         messages, code, reason = await timed_messages(ws)
         await wait_until(lambda: server.connections.open == 0)
@@ -301,7 +291,7 @@ async def test_speechmatics_is_warned_45_30_and_15_minutes_ahead_then_timelimit_
 async def test_a_limit_shorter_than_the_warnings_gets_only_those_that_fit(autojump_clock):
     server = in_memory_server(max_session_seconds=1200)
     async with trio.open_nursery() as nursery:
-        ws = await open_connection(server, nursery, "/v2")
+        ws = await connect_in_memory(server, nursery, "/v2")
         await started(ws)
         messages, code, _ = await timed_messages(ws)
         await wait_until(lambda: server.connections.open == 0)
@@ -322,7 +312,7 @@ async def test_a_limit_shorter_than_the_warnings_gets_only_those_that_fit(autoju
 async def test_the_maximum_duration_in_each_dialects_words(autojump_clock, path, last, close):
     server = in_memory_server(max_session_seconds=30)
     async with trio.open_nursery() as nursery:
-        ws = await open_connection(server, nursery, path)
+        ws = await connect_in_memory(server, nursery, path)
         if path == "/v2/realtime":
             await ws.send_message('{"action":"start"}')
         messages, code, _ = await timed_messages(ws)
@@ -336,7 +326,7 @@ async def test_the_maximum_duration_in_each_dialects_words(autojump_clock, path,
 async def test_vblaze_maximum_duration_closes_with_the_lifecycle_code(autojump_clock):
     server = in_memory_server(max_session_seconds=30)
     async with trio.open_nursery() as nursery:
-        ws = await open_connection(server, nursery, "/transcribe")
+        ws = await connect_in_memory(server, nursery, "/transcribe")
         messages, code, reason = await timed_messages(ws)
         await wait_until(lambda: server.connections.open == 0)
         nursery.cancel_scope.cancel()
@@ -347,7 +337,7 @@ async def test_vblaze_maximum_duration_closes_with_the_lifecycle_code(autojump_c
 async def test_a_session_that_ends_in_time_is_not_timed_out(autojump_clock):
     server = in_memory_server(max_session_seconds=60)
     async with trio.open_nursery() as nursery:
-        ws = await open_connection(server, nursery, "/v2")
+        ws = await connect_in_memory(server, nursery, "/v2")
         await started(ws)
         for frame in frames_of(silence(1.0), 3200):
             await ws.send_message(frame)

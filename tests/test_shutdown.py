@@ -25,7 +25,7 @@ from stt.engines.inline_host import InlineEngine
 from stt.events import ShuttingDown
 from stt.engines.scripted import ScriptedRecognizer
 from stt.server import DRAIN, NOW, Server, ServerConfig, _serve_until_stopped, open_server, shut_down
-from tests.helpers import kinds, receive_all, silence, start_message, wait_until
+from tests.helpers import connect_in_memory, kinds, receive_all, silence, start_message, wait_until
 
 END_OF_STREAM = json.dumps({"message": "EndOfStream", "last_seq_no": 1})
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,14 +38,7 @@ async def in_memory_server(**config):
     async with trio.open_nursery() as nursery:
 
         async def connect(path: str = "/v2"):
-            client_stream, server_stream = trio.testing.memory_stream_pair()
-
-            async def serve_one():
-                request = await trio_websocket.wrap_server_stream(nursery, server_stream)
-                await server.handle(request)
-
-            nursery.start_soon(serve_one)
-            return await trio_websocket.wrap_client_stream(nursery, client_stream, "localhost", path)
+            return await connect_in_memory(server, nursery, path)
 
         yield server, connect
         nursery.cancel_scope.cancel()
@@ -164,6 +157,7 @@ async def test_a_handshake_that_completes_after_the_listener_closed_is_turned_aw
                 response += await client.receive_some()
         nursery.cancel_scope.cancel()
     assert response.startswith(b"HTTP/1.1 503 ") and response.endswith(b"\r\n\r\nserver shutting down\n")
+    assert server.metrics.rejected.labels("none", "shutting_down")._value.get() == 1
 
 
 async def test_the_listener_closes_while_the_open_session_goes_on():
