@@ -16,11 +16,15 @@ from stt.logs import LOG_FORMATS
 from stt.session import SessionLimits
 
 DEFAULT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "statecharts"
+#: The dialects by path, for `stt serve --help` (tests/test_cli.py routes each path to its dialect).
+DIALECT_PATHS = ("Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, VoiceRun Transcribe at /ws, "
+                 "YourVoic at /api/v1/stt/realtime/stream, Voci V-Blaze at /transcribe, Scriptix at /v2/realtime "
+                 "(microphone mode) and /v2/client/<token>?url=<audio URL> (stream mode).")
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="stt",
+        prog="stt", allow_abbrev=False,
         description="A real-time speech-to-text server that speaks the WebSocket dialects of commercial STT "
                     "services, offline.",
     )
@@ -28,10 +32,9 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
-        "serve",
+        "serve", allow_abbrev=False,
         help="run the server",
-        description="Run the server. Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, "
-                    "VoiceRun Transcribe at /ws, YourVoic at /api/v1/stt/realtime/stream.",
+        description="Run the server. " + DIALECT_PATHS,
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9000, help="port to listen on; 0 picks a free one (default: 9000)")

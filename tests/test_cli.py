@@ -5,6 +5,8 @@ import signal
 import subprocess
 import sys
 
+import pytest
+
 from stt.cli import main
 
 
@@ -56,3 +58,18 @@ def test_a_bad_setting_stops_stt_serve_before_it_starts_naming_it(capsys, tmp_pa
     monkeypatch.setenv("STT_PORT", "nine")
     assert main(["serve"]) == 2
     assert "STT_PORT: 'nine' is not an integer" in capsys.readouterr().err
+
+
+def test_serve_help_names_a_path_of_every_dialect_and_each_path_routes_to_its_dialect():
+    from stt.cli import DIALECT_PATHS
+    from stt.dialects import DIALECTS, dialect_for
+
+    paths = [p.rstrip(",.") for p in DIALECT_PATHS.split() if p.startswith("/")]
+    routed = {dialect_for(p.replace("<language>", "en").replace("<token>", "t").split("?")[0]) for p in paths}
+    assert routed == set(DIALECTS)
+
+
+def test_an_abbreviated_flag_is_refused_as_a_partial_key_is_in_the_file(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["serve", "--shutdown-g", "5"])
+    assert exc.value.code == 2 and "--shutdown-g" in capsys.readouterr().err
