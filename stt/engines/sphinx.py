@@ -146,7 +146,10 @@ class SphinxRecognizer:
         self._partials = settings.partials
         self._max_delay = self._check_max_delay(settings.max_delay)
         self._stop_frames = endpointing_frames(settings.endpointing)
-        self._decoder: Decoder | None = acquire_decoder()
+        # A decoder holds ~90 MB: a stream takes one with its first audio, so a session that has opened its stream
+        # and sends nothing costs only this object (bench/bench_soak.py measures both).
+        self._decoder: Decoder | None = None
+        self._closed = False
         self._cold = True  # no utterance finalised yet: the cepstral mean is still the model's guess
 
         self._total = 0  # samples received
@@ -190,14 +193,14 @@ class SphinxRecognizer:
 
     def flush(self) -> Results:
         """Finalise the utterance; the detector goes on (speech that continues opens a new utterance)."""
-        self._live_decoder()
+        self._check_open()
         if not self._in_utt:
             now = _seconds(self._total)
             return [Final((), now, now, forced=True)]
         return self._drain(forced=True)
 
     def finish(self) -> Results:
-        self._live_decoder()
+        self._check_open()
         out = self._drain(forced=False) if self._in_utt else []
         detector = self._detector
         if detector.in_speech:  # stopped by the end of the audio, or by a silence shorter than endpointing
@@ -215,6 +218,7 @@ class SphinxRecognizer:
             self._max_delay = self._check_max_delay(max_delay)
 
     def close(self) -> None:
+        self._closed = True
         decoder, self._decoder = self._decoder, None
         if decoder is None:
             return
@@ -234,9 +238,15 @@ class SphinxRecognizer:
             raise ValueError(f"max_delay must be positive, not {max_delay!r}")
         return max(float(max_delay), MIN_MAX_DELAY)
 
-    def _live_decoder(self) -> Decoder:
-        if self._decoder is None:
+    def _check_open(self) -> None:
+        if self._closed:
             raise RuntimeError("the recognizer is closed")
+
+    def _live_decoder(self) -> Decoder:
+        """The stream's decoder, taken from the free list (or loaded) the first time it is needed."""
+        self._check_open()
+        if self._decoder is None:
+            self._decoder = acquire_decoder()
         return self._decoder
 
     def _new_detector(self, origin: int) -> None:

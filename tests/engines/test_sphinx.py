@@ -281,9 +281,24 @@ def test_decoders_are_reused_and_reset(monkeypatch):
     assert len(made) == 1 and len(sphinx._free_decoders) == 1
     assert second == first
     a, b = SphinxRecognizer(StreamSettings()), SphinxRecognizer(StreamSettings())
+    a.feed(audio[:160])
+    b.feed(audio[:160])  # two streams with audio at once: two decoders
     a.close()
     b.close()
     assert len(made) == 2 and len(sphinx._free_decoders) == 2
+
+
+def test_a_stream_takes_a_decoder_with_its_first_audio_not_when_it_opens(monkeypatch):
+    monkeypatch.setattr(sphinx, "_free_decoders", [])
+    idle = [SphinxRecognizer(StreamSettings()) for _ in range(3)]
+    assert idle[0].finish() == [] and idle[1].flush()[0].words == ()  # nothing heard: nothing to decode
+    for recognizer in idle:
+        recognizer.close()
+    assert sphinx._free_decoders == []  # none was loaded: an idle session costs no decoder (~90 MB)
+    talking = SphinxRecognizer(StreamSettings())
+    talking.feed(load("ps_goforward")[:1600])
+    talking.close()
+    assert len(sphinx._free_decoders) == 1
 
 
 def test_closed_recognizer_refuses_work():
