@@ -167,8 +167,9 @@ class WhisperEngine:
         self._nursery = nursery
         self._free = workers
         self._final_waiters: collections.deque[trio.Event] = collections.deque()
-        self._partials_running = 0
-        self._partial_limit = max(1, workers - 1)
+        # A partial takes a decoder only if one is still free for a final after it (one worker: only if idle). So
+        # a final never waits for a partial while the other decoders are busy with finals.
+        self._free_for_a_partial = 2 if workers > 1 else 1
 
     @asynccontextmanager
     async def open_stream(self, settings: StreamSettings) -> AsyncIterator[WhisperStream]:
@@ -200,11 +201,10 @@ class WhisperEngine:
     def try_partial(self, utterance: Utterance, options: DecodeOptions, deliver) -> bool:
         """Start decoding a partial in the background if a decoder can be spared; `deliver(words)` gets its
         words (None if the decode failed)."""
-        if self._free == 0 or self._final_waiters or self._partials_running >= self._partial_limit:
+        if self._free < self._free_for_a_partial or self._final_waiters:
             self.stats.partials_skipped += 1
             return False
         self._free -= 1
-        self._partials_running += 1
         self._nursery.start_soon(self._partial, utterance, options, deliver)
         return True
 
@@ -216,7 +216,6 @@ class WhisperEngine:
         except EngineError:  # a failed partial is not worth ending a session for: its final will tell
             pass
         finally:
-            self._partials_running -= 1
             self._release()
             deliver(words)
 

@@ -118,6 +118,21 @@ async def test_partials_leave_a_decoder_free_for_finals():
         await finished.wait()
 
 
+async def test_a_partial_does_not_take_the_last_free_decoder_while_a_final_decodes():
+    runner = FakeRunner(hold=True)
+    async with trio.open_nursery() as nursery:
+        engine = WhisperEngine(runner, workers=2, nursery=nursery, partials="redecode")
+        nursery.start_soon(engine.decode_final, utterance(1.0), DecodeOptions())
+        await wait_for(lambda: runner.running == 1)
+        # One decoder is free, but a partial on it would leave the next final waiting for the partial.
+        assert not engine.try_partial(utterance(1.0), DecodeOptions(), lambda words: None)
+        runner.release()
+        await wait_for(lambda: runner.running == 0)
+        assert engine.try_partial(utterance(1.0), DecodeOptions(), lambda words: None)  # both free: one is left
+        runner.release()
+    assert engine.stats.partials_skipped == 1 and engine.stats.partials == 1
+
+
 async def test_a_cancelled_final_leaves_the_queue_and_no_decoder_is_lost():
     runner = FakeRunner(hold=True)
     async with trio.open_nursery() as nursery:
