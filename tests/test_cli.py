@@ -1,9 +1,12 @@
 """The `stt` command as a user runs it."""
 
+import json
+import os
 import re
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -73,3 +76,31 @@ def test_an_abbreviated_flag_is_refused_as_a_partial_key_is_in_the_file(capsys):
     with pytest.raises(SystemExit) as exc:
         main(["serve", "--shutdown-g", "5"])
     assert exc.value.code == 2 and "--shutdown-g" in capsys.readouterr().err
+
+
+def test_stt_serve_with_no_options_starts_the_default_engine_with_no_network():
+    """The README's first command: `stt serve` alone loads whisper's packaged model offline and listens."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HTTPS_PROXY="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9")
+    env = {k: v for k, v in env.items() if not k.startswith("STT_")}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "stt", "serve", "--port", "0", "--log-format", "json"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+    )
+    watchdog = threading.Timer(120, server.kill)  # a server that never listens is killed: readline then ends
+    watchdog.start()
+    try:
+        lines = []
+        while not any("stt listening on" in line for line in lines):
+            line = server.stdout.readline()
+            assert line, f"the server exited or did not listen within 120 s: {''.join(lines)}"
+            lines.append(line)
+        watchdog.cancel()
+        listening = json.loads(lines[-1])
+        assert listening["engine"] == "whisper" and listening["url"].startswith("ws://127.0.0.1:")
+        server.send_signal(signal.SIGINT)
+        rest = server.communicate(timeout=30)[0]
+    finally:
+        watchdog.cancel()
+        server.kill()
+    assert server.returncode == 0, rest
+    assert "Traceback" not in "".join(lines) + rest

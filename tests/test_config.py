@@ -29,7 +29,7 @@ def write(tmp_path, text: str, name: str = "stt.toml"):
 
 def test_without_file_env_or_flags_the_defaults_make_the_default_server_config():
     config = server_config(settings())
-    assert config == ServerConfig(engine="sphinx", decode_workers=None)
+    assert config == ServerConfig(engine="whisper", decode_workers=None)
     assert (config.host, config.port, config.shutdown_grace, len(config.api_keys)) == ("127.0.0.1", 9000, 30.0, 0)
 
 

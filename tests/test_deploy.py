@@ -158,8 +158,8 @@ def problems(docs: list[dict]) -> list[str]:
     elif len(config.api_keys) != 1:
         found.append("the Secret's keys do not reach stt")
 
-    # Sizing (README, "Accuracy and capacity"): decoders for the cores the pod gets, not the node's; sphinx at
-    # most 2 streams per core (4 is the knee on 2 cores).
+    # Sizing (docs/engines.md): decoders for the cores the pod gets, not the node's; whisper and sphinx each held
+    # 2 real-time streams per core (4 on 2 cores) and no more.
     cpu = container.get("resources", {}).get("requests", {}).get("cpu")
     if cpu is None:
         found.append("no CPU request")
@@ -167,8 +167,8 @@ def problems(docs: list[dict]) -> list[str]:
         cores = _cores(cpu)
         if config.decode_workers != max(1, int(cores)):
             found.append(f"--decode-workers {config.decode_workers} for a CPU request of {cpu}")
-        if config.engine == "sphinx" and not 0 < config.max_sessions <= 2 * cores:
-            found.append(f"--max-sessions {config.max_sessions} for sphinx on {cpu} cores (at most 2 a core)")
+        if config.engine in ("whisper", "sphinx") and not 0 < config.max_sessions <= 2 * cores:
+            found.append(f"--max-sessions {config.max_sessions} for {config.engine} on {cpu} cores (at most 2 a core)")
     return found
 
 
@@ -228,7 +228,7 @@ MISTAKES = {
     "the keys in the manifest": lambda d: _container(_one(d, "Deployment")).update(
         env=[{"name": "STT_API_KEYS", "value": "k1,k2"}]),
     "the node's cores as decoders": lambda d: _set_flag(d, "--decode-workers", None),
-    "more sphinx sessions than the cores take": lambda d: _set_flag(d, "--max-sessions", "100"),
+    "more sessions than the cores take": lambda d: _set_flag(d, "--max-sessions", "100"),
     "no session limit": lambda d: _set_flag(d, "--max-sessions", None),
 }
 
