@@ -132,30 +132,6 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
                        help="address of the admin port (default: 127.0.0.1)")
 
 
-def _with_limits_and_admin(config, settings: argparse.Namespace):
-    """The ServerConfig with the settings of the "limits and admin" group, checked."""
-    import attrs
-
-    from stt.config import ConfigError
-
-    checks = [("--max-sessions", settings.max_sessions, settings.max_sessions >= 0),
-              ("--max-sessions-per-key", settings.max_sessions_per_key, settings.max_sessions_per_key >= 0),
-              ("--max-session-seconds", settings.max_session_seconds, settings.max_session_seconds >= 0)]
-    for flag, value, ok in checks:
-        if not ok:
-            raise ConfigError(f"{flag} must be 0 (no limit) or more (got {value:g})")
-    if settings.admin_port is not None:
-        if not 0 <= settings.admin_port <= 65535:
-            raise ConfigError(f"--admin-port must be between 0 and 65535 (got {settings.admin_port})")
-        if settings.workers > 1:
-            raise ConfigError("--admin-port cannot be used with --workers above 1 (each worker process would need "
-                              "a port of its own)")
-    return attrs.evolve(
-        config, max_sessions=settings.max_sessions, max_sessions_per_key=settings.max_sessions_per_key,
-        admin_host=settings.admin_host, admin_port=settings.admin_port,
-        limits=attrs.evolve(config.limits, max_session_seconds=settings.max_session_seconds))
-
-
 def _engine_options(args: argparse.Namespace) -> dict:
     if args.engine != "whisper":
         return {}
@@ -207,6 +183,5 @@ def _server_config(argv: list[str] | None):
 
     settings = resolve(_parser, argv)
     config = server_config(settings, engine_options=_engine_options(settings))
-    config = _with_limits_and_admin(config, settings)
     return config, argparse.Namespace(workers=settings.workers, log_level=settings.log_level,
                                       log_format=settings.log_format)

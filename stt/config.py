@@ -214,11 +214,16 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         engine=settings.engine,
         decode_workers=settings.decode_workers,
         api_keys=KeyRing(keys),
-        limits=SessionLimits(idle_timeout=settings.idle_timeout, max_message_bytes=settings.max_message_bytes),
+        limits=SessionLimits(idle_timeout=settings.idle_timeout, max_message_bytes=settings.max_message_bytes,
+                             max_session_seconds=settings.max_session_seconds),
         allow_private_urls=settings.allow_private_urls,
         certfile=certfile,
         keyfile=keyfile,
         shutdown_grace=settings.shutdown_grace,
+        max_sessions=settings.max_sessions,
+        max_sessions_per_key=settings.max_sessions_per_key,
+        admin_host=settings.admin_host,
+        admin_port=settings.admin_port,
         **fields,
     )
 
@@ -232,10 +237,20 @@ def _check_ranges(settings: argparse.Namespace) -> None:
         ("--idle-timeout", settings.idle_timeout, settings.idle_timeout > 0, "must be more than 0"),
         ("--max-message-bytes", settings.max_message_bytes, settings.max_message_bytes > 0, "must be more than 0"),
         ("--shutdown-grace", settings.shutdown_grace, settings.shutdown_grace >= 0, "must be 0 or more"),
+        ("--max-sessions", settings.max_sessions, settings.max_sessions >= 0, "must be 0 (no limit) or more"),
+        ("--max-sessions-per-key", settings.max_sessions_per_key, settings.max_sessions_per_key >= 0,
+         "must be 0 (no limit) or more"),
+        ("--max-session-seconds", settings.max_session_seconds, settings.max_session_seconds >= 0,
+         "must be 0 (no limit) or more"),
+        ("--admin-port", settings.admin_port, settings.admin_port is None or 0 <= settings.admin_port <= 65535,
+         "must be between 0 and 65535"),
     ]
     for flag, value, ok, rule in checks:
         if not ok:
             raise ConfigError(f"{flag} {rule} (got {value:g})")
+    if settings.admin_port is not None and settings.workers > 1:
+        raise ConfigError("--admin-port cannot be used with --workers above 1 (each worker process would need a port "
+                          "of its own)")
 
 
 def _path(value: Path | str | None) -> str | None:

@@ -70,7 +70,7 @@ def _cores(quantity) -> float:
 
 def resolved(container: dict):
     """(ServerConfig, settings) of the container's `stt serve` command line, as `stt serve` resolves them
-    (stt.cli._server_config: stt.config.resolve, server_config, the limits and admin checks), with the
+    (stt.cli._server_config: stt.config.resolve and server_config, which checks every value), with the
     container's environment (a placeholder for a Secret's value) and none of this machine's STT_* variables."""
     argv = [str(arg) for arg in [*container.get("command", []), *container.get("args", [])][1:]]
     env = {k: v for k, v in os.environ.items() if not k.startswith("STT_")}
