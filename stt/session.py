@@ -251,11 +251,11 @@ class Session:
             logging.INFO if ending.name == "normal" or (rule.close == 1000 and ending.name != "client_closed")
             else logging.WARNING,
             "session %s closed %s: %s %s%s (frames in %d, audio frames %d)",
-            self.id, 1006 if code is None else code, ending.name, rule.id, f": {ending.detail}" if ending.detail else "",
+            self.id, self.close_code, ending.name, rule.id, f": {ending.detail}" if ending.detail else "",
             self.frames_in, self.audio_frames,
             extra={"session": self.id, "dialect": self.dialect.name, "previous_state": previous_state,
                    "state": self.lifecycle.state, "ending": ending.name, "rule": rule.id,
-                   "close_code": 1006 if code is None else code, "frames_in": self.frames_in,
+                   "close_code": self.close_code, "frames_in": self.frames_in,
                    "audio_frames": self.audio_frames},
         )
 
