@@ -81,6 +81,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:  # stt, when run as a script from anywhere (spawned workers inherit sys.path)
     sys.path.insert(0, str(ROOT))
 
+from bench.processes import system_busy_seconds  # noqa: E402
 from stt.events import Final, Partial, SpeechStarted, SpeechStopped  # noqa: E402
 from stt.wer import edit_distance, normalize  # noqa: E402
 
@@ -333,16 +334,6 @@ def cpu_delta(before: dict, after: dict) -> dict:
     own = after["own"] - before["own"]
     children = after["children"] - before["children"]
     return {"own": own, "children": children, "workers": workers, "total": own + children + workers}
-
-
-def system_busy_seconds() -> float:
-    """CPU time all cores spent busy since boot (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def wait_for_quiet(limit_pct: float, max_wait: float, pids: list[int]) -> float:

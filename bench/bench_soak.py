@@ -66,13 +66,10 @@ import json
 import math
 import os
 import re
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import wave
 from pathlib import Path
 
@@ -80,9 +77,13 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench.processes, when run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from bench.processes import HOST, free_port, stop_group  # noqa: E402
+
 DATA = ROOT / "tests" / "data"
 REFS = DATA / "refs.tsv"
-HOST = "127.0.0.1"  # never anything else
 RATE = 16000
 PROC = Path("/proc")
 KIB_PER_MIB = 1024.0
@@ -378,26 +379,7 @@ def snapshot(pid: int, proc: Path = PROC) -> dict | None:
     }
 
 
-# --- the server subprocess (adapted from bench_speechmatics.py, so that this bench stands alone) ---------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def _group_members(pgid: int) -> list[int]:
-    out = []
-    for entry in os.listdir(PROC) if PROC.is_dir() else []:
-        if entry.isdigit():
-            try:
-                raw = (PROC / entry / "stat").read_text()
-                if int(raw[raw.rindex(")") + 2:].split()[2]) == pgid:  # field 5: pgrp
-                    out.append(int(entry))
-            except (OSError, ValueError, IndexError):
-                pass
-    return out
+# --- the server subprocess ---------------------------------------------------------------------------------
 
 
 class ServerProcess:
@@ -427,27 +409,9 @@ class ServerProcess:
             return 0
 
     def stop(self, timeout: float = 20.0) -> int | None:
-        pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
         try:
-            if self.proc.poll() is None:
-                self.proc.send_signal(signal.SIGINT)
-                try:
-                    self.proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
+            self.leftovers = stop_group(self.proc, timeout)
         finally:
-            # Helpers that exit by themselves once the server is gone (the resource tracker) get a moment.
-            deadline = time.monotonic() + 3.0
-            while _group_members(pgid) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            members = _group_members(pgid)
-            self.leftovers = [cmdline(pid) for pid in members]
-            if members:
-                try:
-                    os.killpg(pgid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
             self._log.close()
         return self.proc.returncode
 

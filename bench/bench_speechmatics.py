@@ -45,7 +45,6 @@ import json
 import math
 import os
 import shlex
-import signal
 import socket
 import subprocess
 import sys
@@ -59,8 +58,11 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url, serve_websocket
 
 ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:  # bench.processes (and stt), when run as a script from anywhere
+    sys.path.insert(0, str(ROOT))
+
+from bench.processes import HOST, all_stats, free_port, stop_group, system_busy_seconds  # noqa: E402
 WAV = ROOT / "tests" / "data" / "ps_librivox_0870.wav"
-HOST = "127.0.0.1"  # never anything else
 RATE = 16000
 FRAME_SECONDS = 0.02
 FRAME_BYTES = int(RATE * FRAME_SECONDS) * 2  # 640
@@ -110,12 +112,6 @@ def bare_server(port: int) -> int:
 
 # --- server subprocess ----------------------------------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
 class ServerProcess:
     """A server in its own session (process group), logging to a file; stopped with SIGINT, then killed."""
 
@@ -148,26 +144,7 @@ class ServerProcess:
         return False
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        pgid = self.proc.pid  # start_new_session: the group id is the leader's pid
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        # Anything left in the group (e.g. decoder workers that outlived their server) was started by us. Helpers
-        # that exit on their own once the server is gone (multiprocessing's resource tracker) get a moment.
-        deadline = time.monotonic() + 3.0
-        while _group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-        members = _group_members(pgid)
-        self.leftovers = [_cmdline(pid) for pid in members]
-        if members:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        self.leftovers = stop_group(self.proc, timeout)
         self._log.close()
         return self.proc.returncode
 
@@ -187,45 +164,6 @@ class ServerProcess:
         return len(warnings), len(errors), tracebacks, (errors + warnings)[:5]
 
 
-def _proc_stat(pid: int) -> list[str] | None:
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return raw[raw.rindex(")") + 2:].split()  # fields from 3 (state) on
-
-
-def _all_stats() -> dict[int, list[str]]:
-    out = {}
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            st = _proc_stat(int(entry))
-            if st is not None:
-                out[int(entry)] = st
-    return out
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:120]
-    except OSError:
-        return f"pid {pid}"
-
-
-def _group_members(pgid: int) -> list[int]:
-    return [pid for pid, st in _all_stats().items() if int(st[2]) == pgid]  # field 5: pgrp
-
-
-def system_busy_seconds() -> float:
-    """CPU time all cores spent busy since boot (Linux /proc/stat; 0 elsewhere)."""
-    try:
-        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    except (OSError, ValueError):
-        return 0.0
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle + iowait
-    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
-
-
 def wait_for_quiet(limit_pct: float, max_wait: float) -> float:
     """Sample the machine's CPU use by others (1 s at a time) until it is at most limit_pct of one core or
     max_wait seconds have passed; return the last sample, in % of one core."""
@@ -240,7 +178,7 @@ def wait_for_quiet(limit_pct: float, max_wait: float) -> float:
 
 def tree_cpu_seconds(root: int) -> float:
     """utime + stime of a process and all its live descendants (Linux /proc; 0 elsewhere)."""
-    stats = _all_stats()
+    stats = all_stats()
     children: dict[int, list[int]] = {}
     for pid, st in stats.items():
         children.setdefault(int(st[1]), []).append(pid)  # field 4: ppid
