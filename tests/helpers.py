@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
@@ -101,6 +102,15 @@ async def receive_all(ws, until: str | None = None) -> tuple[list[dict], int | N
 
 def kinds(messages: list[dict]) -> list[str]:
     return [m["message"] for m in messages]
+
+
+def gone(pid: int) -> bool:
+    """No process has this pid any more."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    return False
 
 
 async def wait_until(predicate, timeout: float = 5.0) -> None:

@@ -9,16 +9,8 @@ import trio
 from trio_websocket import open_websocket_url
 
 from stt.server import ServerConfig, worker_config
-from tests.helpers import frames_of, receive_all, silence, start_message
+from tests.helpers import frames_of, gone, receive_all, silence, start_message
 from tests.test_shutdown import serve_process
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def started_workers(log) -> tuple[int, set[int]]:

@@ -15,6 +15,7 @@ import trio.testing
 from stt.engines.base import EngineError, StreamSettings
 from stt.engines.process_host import open_process_engine
 from tests.engines.test_sphinx import decode, load
+from tests.helpers import gone
 
 SPHINX = "stt.engines.sphinx:SphinxRecognizer"
 FAULTY = "tests.engines.test_process_host:FaultyRecognizer"  # imported by the spawned workers
@@ -57,14 +58,6 @@ def no_leaked_processes():
     assert multiprocessing.active_children() == []
     yield
     assert multiprocessing.active_children() == []
-
-
-def gone(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    return False
 
 
 async def feed_all(stream, audio: np.ndarray, chunk: int) -> list[list]:
