@@ -1,6 +1,6 @@
-"""Render a chart as a Markdown page: a Mermaid state diagram, the transitions, the forbidden pairs, the rules
-and the endings. `stt diagrams` writes one page per chart into docs/statecharts/; a test fails when they are
-stale, so the docs cannot drift from the charts the server executes."""
+"""Render a chart as a Markdown page: a Mermaid state diagram, the transitions, the forbidden pairs, the rules,
+the endings and the client rules. `stt diagrams` writes one page per chart into docs/statecharts/; a test fails
+when they are stale, so the docs cannot drift from the charts the server executes."""
 
 from __future__ import annotations
 
@@ -56,6 +56,15 @@ def page(chart: Chart) -> str:
         out += ["", "## Endings", "", "How a session that ends this way is closed (other endings: see the lifecycle chart).",
                 "", "| ending | rule | close |", "|---|---|---|"]
         out += [f"| {name} | {rid} | {chart.rules[rid].close} |" for name, rid in chart.endings.items()]
+    if chart.client_rules:
+        out += ["", "## Client rules", "",
+                "Client behaviour that no single frame breaks: the server goes on, and client-conformance reports "
+                "(`stt serve --conformance DIR`, docs/conformance.md) evaluate it over the whole session.", "",
+                "| rule | requirement | severity | check |", "|---|---|---|---|"]
+        for rule in chart.client_rules.values():
+            params = ", ".join(f"{k} {v}" for k, v in rule.params.items())
+            out.append(f"| {rule.id} | {_cell(rule.requirement)} | {rule.severity} | `{rule.check}`"
+                       f"{f' ({_cell(params)})' if params else ''} |")
     return "\n".join(out) + "\n"
 
 

@@ -44,9 +44,17 @@ ENDINGS = (
 logging.getLogger("transitions").setLevel(logging.WARNING)
 
 _TOP_KEYS = {"chart", "title", "source", "initial", "states", "final", "events", "transitions", "forbidden",
-             "rules", "endings"}
+             "rules", "endings", "client_rules"}
 _REQUIRED_TOP_KEYS = {"chart", "title", "initial", "states", "rules"}
 _RULE_KEYS = {"requirement", "message", "error", "warning", "close"}
+_CLIENT_RULE_KEYS = {"requirement", "severity", "check", "with"}
+#: The checks a chart's client_rules may name (stt.conformance.checks implements each over a logbook):
+#: ends_stream: the client ended its stream with the dialect's end message and let the exchange complete;
+#: last_seq_no: a count the client reports (with: message, field) equals the audio frames it sent;
+#: chunk_duration: each audio frame lasts between with.min_ms and with.max_ms (raw formats);
+#: real_time: the client sends audio no faster than with.factor times real time (with.slack_s of leeway).
+CLIENT_CHECKS = ("ends_stream", "last_seq_no", "chunk_duration", "real_time")
+SEVERITIES = ("error", "warning", "info")
 _RULE_ID = re.compile(r"^[A-Z]+(-[A-Z0-9]+)+$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
 
@@ -78,6 +86,18 @@ class Rule:
     @property
     def fatal(self) -> bool:
         return self.close is not None
+
+
+@attrs.frozen
+class ClientRule:
+    """A rule of client behaviour that no single frame breaks (chunk sizes, pacing, the end of the stream): the
+    server goes on, and client-conformance reports (stt.conformance.checks) evaluate it over a whole session."""
+
+    id: str
+    requirement: str
+    severity: str  # error, warning or info
+    check: str  # one of CLIENT_CHECKS
+    params: dict = attrs.field(factory=dict)
 
 
 @attrs.frozen
@@ -119,6 +139,7 @@ class Chart:
     rules: dict[str, Rule]
     endings: dict[str, str]  # ending -> rule id
     path: str = ""
+    client_rules: dict[str, ClientRule] = attrs.field(factory=dict)
 
     def rule(self, rule_id: str) -> Rule:
         try:
@@ -309,6 +330,33 @@ def parse_chart(data: Any, where: str = "<chart>") -> Chart:
                 raise fail(f"{key}.{k}", "must be the vendor's error or warning type")
         rules[rule_id] = Rule(rule_id, body["requirement"].strip(), body["message"].strip(), close, error, warning)
 
+    client_rules: dict[str, ClientRule] = {}
+    raw_client_rules = data.get("client_rules") or {}
+    if not isinstance(raw_client_rules, dict):
+        raise fail("client_rules", "must be a mapping of rule id to rule")
+    for rule_id, body in raw_client_rules.items():
+        key = f"client_rules.{rule_id}"
+        if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
+            raise fail(key, "rule ids look like SM-CLIENT-001")
+        if rule_id in rules:
+            raise fail(key, "is also in rules")
+        if not isinstance(body, dict):
+            raise fail(key, "must be a mapping")
+        for k in body:
+            if k not in _CLIENT_RULE_KEYS:
+                raise fail(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(_CLIENT_RULE_KEYS))})")
+        if not isinstance(body.get("requirement"), str) or not body["requirement"].strip():
+            raise fail(f"{key}.requirement", "missing")
+        if body.get("severity") not in SEVERITIES:
+            raise fail(f"{key}.severity", f"must be one of {', '.join(SEVERITIES)}")
+        if body.get("check") not in CLIENT_CHECKS:
+            raise fail(f"{key}.check", f"unknown check (known: {', '.join(CLIENT_CHECKS)})")
+        params = body.get("with") or {}
+        if not isinstance(params, dict) or not all(isinstance(v, (str, int, float, bool)) for v in params.values()):
+            raise fail(f"{key}.with", "must be a mapping of names to plain values")
+        client_rules[rule_id] = ClientRule(rule_id, body["requirement"].strip(), body["severity"], body["check"],
+                                           dict(params))
+
     def rule_ref(key: str, rule_id: Any) -> str:
         if rule_id not in rules:
             raise fail(key, f"no rule {rule_id!r} in rules")
@@ -382,4 +430,5 @@ def parse_chart(data: Any, where: str = "<chart>") -> Chart:
         rules=rules,
         endings=endings,
         path=where,
+        client_rules=client_rules,
     )

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from stt.statechart import (
+    CLIENT_CHECKS,
     ENDINGS,
     Accepted,
     ChartError,
@@ -39,6 +40,10 @@ MINIMAL = {
         "DM-WARN-001": {"requirement": "Go once.", "warning": "already_going", "message": "ignored"},
     },
 }
+
+
+CLIENT_RULE = {"requirement": "Frames last 5 ms to 1 s.", "severity": "warning", "check": "chunk_duration",
+               "with": {"min_ms": 5, "max_ms": 1000}}
 
 
 def test_every_shipped_chart_loads_and_the_lifecycle_maps_every_ending():
@@ -86,6 +91,13 @@ def broken(mutate):
     return data
 
 
+def test_client_rules_name_a_known_check_with_plain_parameters():
+    chart = parse_chart({**MINIMAL, "client_rules": {"DM-CLIENT-001": CLIENT_RULE}})
+    rule = chart.client_rules["DM-CLIENT-001"]
+    assert (rule.check, rule.severity, rule.params) == ("chunk_duration", "warning", {"min_ms": 5, "max_ms": 1000})
+    assert rule.check in CLIENT_CHECKS and not parse_chart(MINIMAL).client_rules
+
+
 @pytest.mark.parametrize(
     "mutate, key",
     [
@@ -106,6 +118,16 @@ def broken(mutate):
         (lambda d: d.update(endings={"exploded": "DM-ORDER-001"}), "endings.exploded"),
         (lambda d: d.update(endings={"normal": "DM-WARN-001"}), "endings.normal"),
         (lambda d: d["events"]["server"].update(Go="twice"), "events.Go"),
+        (lambda d: d.update(client_rules=["SM-CLIENT-001"]), "client_rules"),
+        (lambda d: d.update(client_rules={"DM-CLIENT-001": {**CLIENT_RULE, "check": "vibes"}}),
+         "client_rules.DM-CLIENT-001.check"),
+        (lambda d: d.update(client_rules={"DM-CLIENT-001": {**CLIENT_RULE, "severity": "fatal"}}),
+         "client_rules.DM-CLIENT-001.severity"),
+        (lambda d: d.update(client_rules={"DM-CLIENT-001": {**CLIENT_RULE, "with": {"min_ms": [1]}}}),
+         "client_rules.DM-CLIENT-001.with"),
+        (lambda d: d.update(client_rules={"DM-CLIENT-001": {**CLIENT_RULE, "close": 1003}}),
+         "client_rules.DM-CLIENT-001.close"),
+        (lambda d: d.update(client_rules={"DM-ORDER-001": CLIENT_RULE}), "client_rules.DM-ORDER-001"),
     ],
 )
 def test_a_malformed_chart_fails_naming_file_and_key(mutate, key):
