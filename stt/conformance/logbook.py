@@ -1,0 +1,125 @@
+"""A session's logbook: every frame in and out with its time, the dialect chart's state after it, the rules
+the client broke, and how the session ended; one JSON object a line (JSONL).
+
+Records (all carry "t", seconds since the connection opened, and "kind"):
+
+    {"kind": "open", "session": ID, "dialect": NAME, "path": "/v2", "query": {...}, "headers": {...},
+     "faults": "drop@2s" or "", "state": STATE}
+    {"kind": "in" | "out", "n": N, "type": "text", "text": "...", "bytes": B, "state": STATE}
+    {"kind": "in" | "out", "n": N, "type": "binary", "base64": "...", "bytes": B, "state": STATE}
+        a client frame ("in") also carries "events": the names of the stt.events the dialect made of it, "audio":
+        the bytes of audio it carried
+    {"kind": "configure", "format": {"encoding": "pcm_s16le" or "file" ..., "sample_rate": R, "channels": C}}
+        the audio format the client declared (from its start message, or its handshake)
+    {"kind": "violation", "rule": RULE-ID, "detail": "...", "frame": N or null}
+    {"kind": "close", "code": 1000, "ending": ENDING, "rule": RULE-ID, "detail": "...", "state": STATE}
+
+"n" numbers the frames of both directions together, from 1; a violation's "frame" is the client frame that broke
+the rule (null: none had come). How the session ended (an idle timeout, the client's close) is in the close
+record: its ending (stt.statechart.ENDINGS, or "violation") and the rule the chart names for it. Headers are kept without credentials (Authorization and the
+like are replaced by "<redacted>"); a key in the query string is redacted the same way.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Callable, Iterable, Iterator
+
+from stt.events import Audio, AudioFormat
+
+#: Header and query names whose values are credentials: never written to a logbook.
+SECRET_NAMES = {"authorization", "x-api-key", "api_key", "apikey", "api-key", "key", "token", "access_token",
+                "sec-websocket-key"}
+REDACTED = "<redacted>"
+#: A connection asks to be recorded (stt serve --conformance DIR --conformance-opt-in) by either, set to 1.
+CONFORMANCE_HEADER = "x-stt-conformance"
+CONFORMANCE_QUERY = "stt_conformance"
+
+
+def redacted(items: dict[str, str]) -> dict[str, str]:
+    return {k: REDACTED if k.lower() in SECRET_NAMES else v for k, v in items.items()}
+
+
+class Logbook:
+    """Writes one session's records as they happen (`clock` gives the seconds since the connection opened)."""
+
+    def __init__(self, file: IO[str], clock):
+        self._file, self._clock = file, clock
+        self.frames = 0
+        self._last_in: int | None = None
+
+    def _write(self, record: dict) -> None:
+        self._file.write(json.dumps({"t": round(self._clock(), 6), **record}, ensure_ascii=False) + "\n")
+
+    def opened(self, session: str, dialect: str, path: str, query: dict, headers: dict, faults: str,
+               state: str) -> None:
+        self._write({"kind": "open", "session": session, "dialect": dialect, "path": path,
+                     "query": redacted(query), "headers": redacted(headers), "faults": faults, "state": state})
+
+    def frame(self, direction: str, frame: str | bytes, state: str, events: Iterable[object] = ()) -> int:
+        self.frames += 1
+        record = {"kind": direction, "n": self.frames}
+        if isinstance(frame, str):
+            record.update(type="text", text=frame, bytes=len(frame.encode()))
+        else:
+            record.update(type="binary", base64=base64.b64encode(frame).decode("ascii"), bytes=len(frame))
+        record["state"] = state
+        if direction == "in":
+            events = list(events)
+            record["events"] = [type(e).__name__ for e in events]
+            record["audio"] = sum(len(e.data) for e in events if isinstance(e, Audio))
+        self._write(record)
+        if direction == "in":
+            self._last_in = self.frames
+        return self.frames
+
+    def configured(self, audio: AudioFormat) -> None:
+        self._write({"kind": "configure", "format": {"encoding": audio.encoding, "sample_rate": audio.sample_rate,
+                                                     "channels": audio.channels}})
+
+    def violation(self, rule: str, detail: str) -> None:
+        """The client broke `rule`: with the last client frame, which broke it (None: before any)."""
+        self._write({"kind": "violation", "rule": rule, "detail": detail, "frame": self._last_in})
+
+    def closed(self, code: int, ending: str, rule: str, detail: str, state: str) -> None:
+        self._write({"kind": "close", "code": code, "ending": ending, "rule": rule, "detail": detail,
+                     "state": state})
+        self._file.flush()
+
+
+@contextmanager
+def open_logbook(directory: Path, session: str, dialect: str, handshake, faults: str, state: str,
+                 clock: Callable[[], float]) -> Iterator[Logbook]:
+    """A logbook at DIR/<session>.jsonl, its open record written; closed when the block exits."""
+    directory.mkdir(parents=True, exist_ok=True)
+    with open(directory / f"{session}.jsonl", "w", encoding="utf-8") as file:
+        logbook = Logbook(file, clock)
+        logbook.opened(session, dialect, handshake.path, handshake.query, handshake.headers, faults, state)
+        yield logbook
+
+
+def read_logbook(path: str | Path) -> list[dict]:
+    """A logbook's records; a torn last line (the server stopped mid-write) is left out."""
+    records = []
+    with open(path, encoding="utf-8") as file:
+        for line in file:
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError:
+                if line.endswith("\n"):
+                    raise ValueError(f"{path}: line {len(records) + 1} is not JSON") from None
+    if not records or records[0].get("kind") != "open":
+        raise ValueError(f"{path}: a logbook begins with an 'open' record")
+    return records
+
+
+def payload(record: dict) -> str | bytes:
+    """The frame an "in" or "out" record holds."""
+    return record["text"] if record["type"] == "text" else base64.b64decode(record["base64"])
+
+
+def client_frames(records: Iterable[dict]) -> Iterator[dict]:
+    return (r for r in records if r["kind"] == "in")

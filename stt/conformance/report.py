@@ -1,0 +1,337 @@
+"""Conformance reports, in the form of Autobahn|Testsuite and h2spec: hierarchical case ids, the requirement each
+case checks, a verdict per case; rendered as JSON (read back by `from_json`), HTML for a person, JUnit XML for CI,
+and plain text for a console (`to_text`). `write_report` writes the three files.
+
+Two kinds share the model: "server" reports (`stt conform`: one case per transition or forbidden pair of a chart)
+and "client" reports (`stt serve --conformance`: one case per rule a client must keep, failed by the findings
+against it, each naming the frames involved). A client report's HTML adds the session's timeline (its logbook,
+the frames of failed cases marked) and the dialect chart with the path taken (stt.conformance.svg).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import re
+import urllib.parse
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import attrs
+
+#: Verdicts, as Autobahn names them (lower case): a failed case is a broken requirement; non-strict, a behaviour
+#: the requirement allows but does not prefer; informational, an observation; skipped, not run.
+VERDICTS = ("pass", "non-strict", "informational", "fail", "skipped")
+SEVERITIES = ("error", "warning", "info")
+
+
+@attrs.frozen
+class CaseResult:
+    id: str  # hierarchical: "speechmatics/forbidden/awaiting_start/AddAudio", or a rule id in a client report
+    requirement: str  # the requirement in words (from the chart)
+    verdict: str  # one of VERDICTS
+    severity: str = "error"  # what a failure means: one of SEVERITIES
+    rule: str | None = None  # the chart rule the case checks, when there is one
+    details: str = ""  # what was observed, in words
+    frames: tuple[int, ...] = ()  # client reports: the indexes (the logbook's "n") of the frames involved
+    duration: float = 0.0  # seconds the case took
+
+    @property
+    def failed(self) -> bool:
+        return self.verdict == "fail"
+
+
+@attrs.frozen
+class Report:
+    kind: str  # "server" or "client"
+    title: str
+    subject: str  # the URL tested (server), or the session id (client)
+    dialect: str
+    cases: tuple[CaseResult, ...]
+    created: str = ""  # ISO 8601 UTC
+    #: server reports: {"transitions": [exercised, total], "forbidden": [exercised, total]}
+    coverage: dict[str, list[int]] = attrs.field(factory=dict)
+    #: client reports: the logbook's records (stt.conformance.logbook), for the HTML timeline
+    timeline: tuple[dict, ...] = ()
+    #: client reports: the dialect chart's states in the order the session went through them
+    path: tuple[str, ...] = ()
+
+    @property
+    def passed(self) -> bool:
+        """No case failed with severity error."""
+        return not any(c.failed and c.severity == "error" for c in self.cases)
+
+    def counts(self) -> dict[str, int]:
+        return {v: sum(c.verdict == v for c in self.cases) for v in VERDICTS}
+
+
+# --- JSON ---------------------------------------------------------------------------------------------------
+
+_CASE_FIELDS = [f.name for f in attrs.fields(CaseResult)]
+
+
+def _case_dict(case: CaseResult) -> dict:
+    return {"id": case.id, "requirement": case.requirement, "verdict": case.verdict, "severity": case.severity,
+            "rule": case.rule, "details": case.details, "frames": list(case.frames), "duration": case.duration}
+
+
+def to_json(report: Report) -> str:
+    """The report as JSON (indent 2, keys in a fixed order); `counts` and `passed` are there for readers and
+    ignored by `from_json`."""
+    data = {
+        "kind": report.kind, "title": report.title, "subject": report.subject, "dialect": report.dialect,
+        "created": report.created, "passed": report.passed, "counts": report.counts(),
+        "coverage": report.coverage, "path": list(report.path),
+        "cases": [_case_dict(c) for c in report.cases], "timeline": list(report.timeline),
+    }
+    return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
+
+
+def from_json(text: str) -> Report:
+    """A report written by `to_json`, exactly as it was."""
+    data = json.loads(text)
+    cases = tuple(CaseResult(**{**{k: v for k, v in c.items() if k in _CASE_FIELDS},
+                                "frames": tuple(c.get("frames", ()))}) for c in data["cases"])
+    return Report(kind=data["kind"], title=data["title"], subject=data["subject"], dialect=data["dialect"],
+                  cases=cases, created=data.get("created", ""),
+                  coverage={k: list(v) for k, v in data.get("coverage", {}).items()},
+                  timeline=tuple(data.get("timeline", ())), path=tuple(data.get("path", ())))
+
+
+# --- plain text (what `stt conform` prints) -------------------------------------------------------------------
+
+def summary(report: Report) -> str:
+    """One line: the counts, the coverage of a server report, and the outcome."""
+    counts = report.counts()
+    parts = [f"{counts[v]} {v}" for v in VERDICTS if counts[v]]
+    line = f"{len(report.cases)} cases: {', '.join(parts) or 'none run'}"
+    for name, (done, total) in report.coverage.items():
+        line += f"; {name} {done}/{total}"
+    return line + (" — PASSED" if report.passed else " — FAILED")
+
+
+def to_text(report: Report) -> str:
+    """Autobahn's console form: `id  VERDICT  details` a case (details only where it did not pass), then the
+    summary line."""
+    width = max((len(c.id) for c in report.cases), default=0)
+    vwidth = max(len(v) for v in VERDICTS)
+    lines = []
+    for case in report.cases:
+        line = f"{case.id:<{width}}  {case.verdict.upper():<{vwidth}}"
+        if case.verdict != "pass" and case.details:
+            line += f"  {case.details}"
+        lines.append(line.rstrip())
+    lines.append(summary(report))
+    return "\n".join(lines) + "\n"
+
+
+# --- JUnit XML ----------------------------------------------------------------------------------------------
+
+# XML 1.0 cannot carry most control characters, not even escaped; a client's frame can hold any.
+_NOT_XML = re.compile("[^\u0009\u000a\u000d\u0020-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def _xml_text(text: str) -> str:
+    return _NOT_XML.sub("\ufffd", text)
+
+
+def _failure_body(case: CaseResult) -> str:
+    lines = [f"requirement: {case.requirement}"]
+    if case.rule:
+        lines.append(f"rule: {case.rule}")
+    if case.frames:
+        lines.append(f"frames: {', '.join(map(str, case.frames))}")
+    if case.details:
+        lines.append(f"details: {case.details}")
+    return _xml_text("\n".join(lines))
+
+
+def to_junit(report: Report) -> str:
+    """JUnit XML for CI: a testsuite, a testcase a case. A failed case is a <failure> whatever its severity (its
+    `type`); CI decides what a warning means. Non-strict and informational cases pass, noting the verdict."""
+    counts = report.counts()
+    suite = ET.Element("testsuite", {
+        "name": _xml_text(report.title), "tests": str(len(report.cases)), "failures": str(counts["fail"]),
+        "errors": "0", "skipped": str(counts["skipped"]), "time": f"{sum(c.duration for c in report.cases):.3f}",
+    })
+    if report.created:
+        suite.set("timestamp", report.created)
+    props = ET.SubElement(suite, "properties")
+    for name, value in (("kind", report.kind), ("subject", report.subject), ("dialect", report.dialect)):
+        ET.SubElement(props, "property", {"name": name, "value": _xml_text(value)})
+    for case in report.cases:
+        element = ET.SubElement(suite, "testcase", {"classname": report.dialect, "name": _xml_text(case.id),
+                                                    "time": f"{case.duration:.3f}"})
+        if case.verdict == "fail":
+            failure = ET.SubElement(element, "failure", {"message": _xml_text(case.details or case.requirement),
+                                                         "type": case.severity})
+            failure.text = _failure_body(case)
+        elif case.verdict == "skipped":
+            skipped = ET.SubElement(element, "skipped")
+            if case.details:
+                skipped.set("message", _xml_text(case.details))
+        elif case.verdict != "pass":
+            out = ET.SubElement(element, "system-out")
+            out.text = _xml_text(f"verdict: {case.verdict}" + (f": {case.details}" if case.details else ""))
+    ET.indent(suite)
+    return '<?xml version="1.0" encoding="UTF-8"?>\n' + ET.tostring(suite, encoding="unicode") + "\n"
+
+
+# --- HTML ---------------------------------------------------------------------------------------------------
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em; color: #212529; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; }
+table { border-collapse: collapse; width: 100%; font-size: 0.92em; }
+th, td { border: 1px solid #dee2e6; padding: 0.3em 0.5em; text-align: left; vertical-align: top; }
+th { background: #f1f3f5; }
+dl.meta { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
+dl.meta dt { font-weight: bold; } dl.meta dd { margin: 0; }
+.verdict { font-weight: bold; text-transform: uppercase; white-space: nowrap; }
+.v-pass { color: #2b8a3e; } .v-fail { color: #c92a2a; } .v-non-strict { color: #e67700; }
+.v-informational { color: #1971c2; } .v-skipped { color: #868e96; }
+tr.case-fail { background: #fff5f5; }
+.outcome { font-size: 1.2em; font-weight: bold; }
+.outcome.passed { color: #2b8a3e; } .outcome.failed { color: #c92a2a; }
+.timeline td.text { font-family: ui-monospace, monospace; white-space: pre-wrap; word-break: break-all; }
+.timeline tr.in td.dir { color: #1971c2; } .timeline tr.out td.dir { color: #5f3dc4; }
+.timeline tr.involved { background: #fff5f5; } .timeline tr.violation { background: #ffe3e3; }
+.timeline tr.open, .timeline tr.close { background: #f8f9fa; }
+.timeline tr:target { outline: 2px solid #e67700; }
+.note { color: #c92a2a; font-weight: bold; }
+.binary { color: #868e96; font-style: italic; }
+.diagram { overflow-x: auto; }
+"""
+
+TEXT_LIMIT = 300  # characters of a frame's text shown in the timeline
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _frame_links(frames: tuple[int, ...], link: bool) -> str:
+    if not link:
+        return _e(", ".join(map(str, frames)))
+    return ", ".join(f'<a href="#frame-{n}">{n}</a>' for n in frames)
+
+
+def _record_text(record: dict) -> str:
+    """What a logbook record says, escaped, in the timeline's text column."""
+    kind = record.get("kind")
+    if kind in ("in", "out"):
+        if record.get("type") == "binary":
+            return f'<span class="binary">binary, {_e(record.get("bytes", 0))} bytes</span>'
+        text = record.get("text", "")
+        if len(text) > TEXT_LIMIT:
+            text = text[:TEXT_LIMIT] + f"… ({len(text)} characters)"
+        return _e(text)
+    if kind == "open":
+        query = urllib.parse.urlencode(record.get("query") or {}, doseq=True, safe="<>")
+        faults = f" — faults {record['faults']}" if record.get("faults") else ""
+        return _e(f"{record.get('dialect', '')} {record.get('path', '')}{'?' + query if query else ''}{faults}")
+    if kind == "violation":
+        frame = record.get("frame")
+        where = f' (frame <a href="#frame-{int(frame)}">{int(frame)}</a>)' if frame is not None else ""
+        return f"{_e(record.get('rule', ''))}: {_e(record.get('detail', ''))}{where}"
+    if kind == "close":
+        detail = f": {record['detail']}" if record.get("detail") else ""
+        return _e(f"code {record.get('code')} — {record.get('ending', '')} {record.get('rule', '')}{detail}")
+    return _e(json.dumps(record, ensure_ascii=False))
+
+
+_DIRECTIONS = {"in": "client→server", "out": "server→client", "open": "open", "close": "close",
+               "violation": "violation"}
+
+
+def _timeline(report: Report) -> list[str]:
+    involved: dict[int, list[str]] = {}  # frame -> the rules of the failed cases that name it
+    for case in report.cases:
+        if case.failed:
+            for n in case.frames:
+                involved.setdefault(n, []).append(case.rule or case.id)
+    rows = ['<table class="timeline"><thead><tr><th>t (s)</th><th>n</th><th>direction</th><th>state after</th>'
+            "<th>frame</th><th>note</th></tr></thead><tbody>"]
+    for record in report.timeline:
+        kind = record.get("kind", "")
+        classes, note, anchor, n = [kind], "", "", record.get("n")
+        if kind in ("in", "out") and n is not None:
+            anchor = f' id="frame-{int(n)}"'
+            if int(n) in involved:
+                classes.append("involved")
+                note = "fails " + ", ".join(dict.fromkeys(involved[int(n)]))
+        elif kind == "violation":
+            note = f"breaks {record.get('rule', '')}"
+        t = record.get("t")
+        rows.append(f'<tr class="{_e(" ".join(classes))}"{anchor}>'
+                    f"<td>{_e(f'{t:.3f}' if isinstance(t, (int, float)) else '')}</td>"
+                    f"<td>{_e(n if n is not None else '')}</td>"
+                    f'<td class="dir">{_e(_DIRECTIONS.get(kind, kind))}</td>'
+                    f"<td>{_e(record.get('state', ''))}</td>"
+                    f'<td class="text">{_record_text(record)}</td>'
+                    f'<td class="note">{_e(note)}</td></tr>')
+    rows.append("</tbody></table>")
+    return rows
+
+
+def _diagram(report: Report) -> list[str]:
+    from stt.conformance.svg import state_diagram
+    from stt.statechart import load_chart
+
+    try:
+        chart = load_chart(report.dialect)
+    except Exception as exc:  # a report names its dialect; one we do not have is not worth failing the page
+        return [f"<p>No chart for dialect {_e(report.dialect)}: {_e(exc)}</p>"]
+    path = " → ".join(report.path) if report.path else "(none recorded)"
+    return [f"<p>Path taken: {_e(path)}. Highlighted: the states and transitions of the path; "
+            "the thick red border: where it ended.</p>",
+            f'<div class="diagram">{state_diagram(chart, report.path)}</div>']
+
+
+def to_html(report: Report) -> str:
+    """One self-contained page (inline CSS, no scripts, no fonts to fetch); every value escaped."""
+    counts = report.counts()
+    client = report.kind == "client"
+    out = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+           f"<title>{_e(report.title)}</title>", f"<style>{_CSS}</style></head><body>",
+           f"<h1>{_e(report.title)}</h1>",
+           f'<p class="outcome {"passed" if report.passed else "failed"}">'
+           f'{"PASSED" if report.passed else "FAILED"}</p>',
+           '<dl class="meta">',
+           f"<dt>{'session' if client else 'subject'}</dt><dd>{_e(report.subject)}</dd>",
+           f"<dt>dialect</dt><dd>{_e(report.dialect)}</dd>",
+           f"<dt>created</dt><dd>{_e(report.created)}</dd>",
+           f"<dt>cases</dt><dd>{len(report.cases)}: "
+           + ", ".join(f'<span class="v-{v}">{counts[v]} {_e(v)}</span>' for v in VERDICTS) + "</dd>"]
+    for name, (done, total) in report.coverage.items():
+        share = f" ({100 * done / total:.0f}%)" if total else ""
+        out.append(f"<dt>coverage: {_e(name)}</dt><dd>{done} / {total}{share}</dd>")
+    out += ["</dl>", "<h2>Cases</h2>",
+            '<table class="cases"><thead><tr><th>id</th><th>verdict</th><th>severity</th><th>rule</th>'
+            "<th>requirement</th><th>details</th><th>frames</th></tr></thead><tbody>"]
+    for case in report.cases:
+        out.append(f'<tr class="case-{_e(case.verdict)}"><td>{_e(case.id)}</td>'
+                   f'<td class="verdict v-{_e(case.verdict)}">{_e(case.verdict)}</td>'
+                   f"<td>{_e(case.severity)}</td><td>{_e(case.rule or '')}</td>"
+                   f"<td>{_e(case.requirement)}</td><td>{_e(case.details)}</td>"
+                   f"<td>{_frame_links(case.frames, client and bool(report.timeline))}</td></tr>")
+    out.append("</tbody></table>")
+    if client:
+        out += ["<h2>State diagram</h2>", *_diagram(report)]
+        out += ["<h2>Timeline</h2>", *_timeline(report)]
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# --- files --------------------------------------------------------------------------------------------------
+
+def write_report(report: Report, directory: str | Path, stem: str) -> list[Path]:
+    """`<stem>.json`, `<stem>.html` and `<stem>.xml` (JUnit) in directory, made if missing."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for suffix, render in ((".json", to_json), (".html", to_html), (".xml", to_junit)):
+        path = directory / f"{stem}{suffix}"
+        path.write_text(render(report), encoding="utf-8")
+        written.append(path)
+    return written
