@@ -74,11 +74,59 @@ def _parser() -> argparse.ArgumentParser:
                        help="(default: info)")
     _add_operations_options(serve)
     _add_limits_and_admin_options(serve)
+    _add_conformance_options(serve)
 
     diagrams = commands.add_parser("diagrams", help="write docs/statecharts/*.md from statecharts/*.yaml")
     diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS, help="output folder")
     diagrams.add_argument("--check", action="store_true", help="write nothing; exit 1 if the pages are stale")
+    _add_conformance_commands(commands)
     return parser
+
+
+def _add_conformance_commands(commands) -> None:
+    """stt conform, stt report and stt replay (stt.conformance)."""
+    conform = commands.add_parser(
+        "conform", allow_abbrev=False, help="run the conformance catalogue against a server",
+        description="Run the case catalogue generated from a dialect's statechart (a case for every transition "
+                    "and every forbidden pair) against any server that claims the dialect, and print an "
+                    "Autobahn-style report: a verdict per case. Exit status 1 when a case fails.")
+    conform.add_argument("url", metavar="URL", help="the server, e.g. ws://127.0.0.1:9000 (the dialect's path is added)")
+    conform.add_argument("--dialect", required=True, choices=_dialect_names(), help="the dialect the server claims")
+    conform.add_argument("--api-key", metavar="KEY", default=None, help="the key to present, where the server needs one")
+    conform.add_argument("--cases", metavar="PATTERN", default=None,
+                         help="run only the cases whose id contains PATTERN (e.g. forbidden/recognizing)")
+    conform.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                         help="how long to wait for each answer of the server (default: 5)")
+    conform.add_argument("--concurrency", type=int, default=4, metavar="N",
+                         help="cases run at once, each on its own connection (default: 4)")
+    conform.add_argument("--json", type=Path, metavar="PATH", help="also write the report as JSON")
+    conform.add_argument("--html", type=Path, metavar="PATH", help="also write the report as HTML")
+    conform.add_argument("--junit", type=Path, metavar="PATH", help="also write the report as JUnit XML")
+
+    report = commands.add_parser(
+        "report", allow_abbrev=False, help="render a conformance logbook's report again, offline",
+        description="Evaluate a session logbook (written by stt serve --conformance DIR) against its dialect's "
+                    "chart and client rules again, and write its JSON, HTML and JUnit reports beside it (or in "
+                    "--out). Exit status 1 when the client broke a rule of severity error.")
+    report.add_argument("logbook", type=Path, metavar="LOGBOOK", help="a .jsonl logbook")
+    report.add_argument("--out", type=Path, metavar="DIR", default=None, help="where to write (default: beside it)")
+
+    replay = commands.add_parser(
+        "replay", allow_abbrev=False, help="send a logbook's client frames to a server again",
+        description="Send the client frames of a recorded session (a logbook of stt serve --conformance) to URL "
+                    "with their original timing, and print what the server answers, one frame a line.")
+    replay.add_argument("logbook", type=Path, metavar="LOGBOOK", help="a .jsonl logbook")
+    replay.add_argument("url", metavar="URL", help="the server, e.g. ws://127.0.0.1:9000 (the logbook's path and query are added)")
+    replay.add_argument("--speed", type=float, default=1.0, metavar="FACTOR",
+                        help="2 sends twice as fast; 0 sends without waiting (default: 1)")
+    replay.add_argument("--header", action="append", default=[], metavar="NAME:VALUE",
+                        help="add a header to the handshake (repeatable): the logbook keeps no credentials")
+
+
+def _dialect_names() -> list[str]:
+    from stt.dialects import DIALECTS
+
+    return sorted(d.name for d in DIALECTS)
 
 
 def _add_operations_options(serve: argparse.ArgumentParser) -> None:
@@ -133,6 +181,22 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
                        help="address of the admin port (default: 127.0.0.1)")
 
 
+def _add_conformance_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "conformance", "Client-conformance mode and fault injection (docs/conformance.md, docs/faults.md).")
+    group.add_argument("--conformance", type=Path, metavar="DIR", default=None,
+                       help="record every session in DIR: its logbook (<session>.jsonl: every frame with its time "
+                            "and state) and its client-conformance report (<session>.json, .html, .xml): the rules "
+                            "of the dialect the client kept and broke, with the frames involved")
+    group.add_argument("--conformance-opt-in", action="store_true",
+                       help="with --conformance: record only the connections that ask, by the header "
+                            "x-stt-conformance: 1 or the query parameter stt_conformance=1")
+    group.add_argument("--fault", metavar="PLAN", default=None,
+                       help="inject these faults into every session (a connection's own x-stt-fault header or "
+                            "stt_fault query parameter replaces it): comma-separated items such as drop@2s, "
+                            "close=4005@1s, error=quota_exceeded, delay=500ms, stall@3s, idle=5s (docs/faults.md)")
+
+
 def _engine_options(args: argparse.Namespace) -> dict:
     if args.engine != "whisper":
         return {}
@@ -152,6 +216,18 @@ def main(argv: list[str] | None = None) -> int:
         for path in diagrams.write(args.out):
             print(f"wrote {path}")
         return 0
+    if args.command == "conform":
+        from stt.conformance.runner import conform_command
+
+        return conform_command(args)
+    if args.command == "report":
+        from stt.conformance.checks import report_command
+
+        return report_command(args)
+    if args.command == "replay":
+        from stt.conformance.replay import replay_command
+
+        return replay_command(args)
 
     return _serve(argv)
 

@@ -224,8 +224,28 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         max_sessions_per_key=settings.max_sessions_per_key,
         admin_host=settings.admin_host,
         admin_port=settings.admin_port,
+        conformance_dir=_path(settings.conformance),
+        conformance_opt_in=settings.conformance_opt_in,
+        faults=_faults(settings.fault),
         **fields,
     )
+
+
+def _faults(text: str | None) -> str:
+    """--fault: checked now against every dialect that could serve it (a bad item fails at start-up)."""
+    from stt.dialects import DIALECTS
+    from stt.faults import FaultError, parse_faults
+
+    text = (text or "").strip()
+    errors = []
+    for dialect in DIALECTS:
+        try:
+            parse_faults(text, dialect.chart)
+        except FaultError as exc:
+            errors.append((dialect.name, str(exc)))
+    if text and len(errors) == len(DIALECTS):  # an error= only some dialects have applies to those
+        raise ConfigError(f"--fault: {errors[0][1]}")
+    return text
 
 
 def _check_ranges(settings: argparse.Namespace) -> None:

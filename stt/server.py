@@ -17,6 +17,7 @@ import socket
 import ssl
 import time
 from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
 from typing import AsyncIterator, Iterable, Iterator
 
 import attrs
@@ -25,10 +26,13 @@ import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketRequest
 
 from stt.admin import open_admin
+from stt.conformance.checks import write_client_report
+from stt.conformance.logbook import CONFORMANCE_HEADER, CONFORMANCE_QUERY, open_logbook
 from stt.dialects import dialect_for
 from stt.dialects.base import Handshake, HandshakeRefused
 from stt.engines import open_engine
 from stt.engines.base import Engine
+from stt.faults import FAULT_HEADER, FAULT_QUERY, FaultError, parse_faults
 from stt.logs import configure_logging
 from stt.metrics import Metrics
 from stt.session import Session, SessionLimits
@@ -57,6 +61,9 @@ class ServerConfig:
     max_sessions_per_key: int = 0  # sessions at once with one API key (those presenting none: not limited); 0: none
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None  # /healthz, /readyz, /metrics (stt.admin); None: no admin port; 0: a free one
+    conformance_dir: Path | None = None  # record sessions' logbooks and client-conformance reports here
+    conformance_opt_in: bool = False  # ... only those of connections that ask (x-stt-conformance, stt_conformance)
+    faults: str = ""  # the fault plan of every connection that gives none of its own (stt.faults)
 
 
 class KeyRing:
@@ -161,7 +168,7 @@ class Server:
             session.shut_down()
 
     async def _handle(self, request: WebSocketRequest) -> None:
-        handshake = Handshake.from_target(request.path, request.headers)
+        handshake, fault_text, record = self._conformance_asks(Handshake.from_target(request.path, request.headers))
         lifecycle = self.lifecycle_chart.machine()
         lifecycle.advance("handshake")
         dialect_cls = dialect_for(handshake.path)
@@ -170,6 +177,14 @@ class Server:
             self.metrics.reject("none", "no_dialect")
             log.info("no dialect serves %s: 404", handshake.path)
             await request.reject(404, body=f"no dialect serves the path {handshake.path}\n".encode())
+            return
+        try:
+            faults = parse_faults(fault_text, dialect_cls.chart)
+        except FaultError as exc:
+            lifecycle.advance("reject")
+            self.metrics.reject(dialect_cls.name, "bad_fault_plan")
+            log.info("%s: bad fault plan: %s", handshake.path, exc)
+            await request.reject(400, body=f"bad fault plan ({FAULT_HEADER} or {FAULT_QUERY}): {exc}\n".encode())
             return
         try:
             dialect = dialect_cls(handshake)
@@ -210,13 +225,18 @@ class Server:
             lifecycle.advance("accept")
             session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits,
                               authorise=self.keys.allows, allow_private_urls=self.config.allow_private_urls,
-                              metrics=self.metrics.session(dialect.name))
+                              metrics=self.metrics.session(dialect.name), faults=faults)
             if busy is not None:
                 session.refuse("busy", busy[1])  # the dialect's error and close, at once (Speechmatics: 4005)
             else:
                 self.sessions.add(session)
             try:
-                ending = await session.run()
+                opened = trio.current_time()
+                with open_logbook(self.config.conformance_dir, session.id, dialect.name, handshake, faults.text,
+                                  dialect.machine.state, lambda: trio.current_time() - opened) if record \
+                        else contextlib.nullcontext() as logbook:
+                    session.logbook = logbook
+                    ending = await session.run()
                 self.endings[(dialect.name, ending.name, ending.rule.id)] += 1
                 self.metrics.ended(dialect.name, ending.name, ending.rule.id, session.close_code)
                 if ending.name == "unauthorised":
@@ -227,6 +247,27 @@ class Server:
                 session.metrics.closed()
             finally:
                 self.sessions.discard(session)
+            if record:
+                await self._write_client_report(session.id)
+
+    async def _write_client_report(self, session: str) -> None:
+        try:
+            paths = await trio.to_thread.run_sync(write_client_report, self.config.conformance_dir, session)
+        except Exception:
+            log.exception("session %s: the client-conformance report could not be written", session)
+        else:
+            log.info("session %s: client-conformance report %s", session, paths[0],
+                     extra={"session": session, "report": str(paths[0])})
+
+    def _conformance_asks(self, handshake: Handshake) -> tuple[Handshake, str, bool]:
+        """The handshake without stt's own query parameters, which no dialect knows; the connection's fault plan
+        (its own, or the server's); and whether to record it (conformance mode, and its opt-in)."""
+        query = {k: v for k, v in handshake.query.items() if k not in (FAULT_QUERY, CONFORMANCE_QUERY)}
+        faults = handshake.headers.get(FAULT_HEADER, handshake.query.get(FAULT_QUERY, self.config.faults))
+        asked = (handshake.headers.get(CONFORMANCE_HEADER) or handshake.query.get(CONFORMANCE_QUERY) or "").lower()
+        record = self.config.conformance_dir is not None and (
+            not self.config.conformance_opt_in or asked in ("1", "true", "yes"))
+        return attrs.evolve(handshake, query=query), faults, record
 
     # --- admission and readiness ---------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 import uuid
 from collections import Counter, deque
 from contextlib import AsyncExitStack, aclosing
@@ -54,6 +55,8 @@ from stt.events import (
     SpeechStopped,
     Violation,
 )
+from stt.conformance.logbook import Logbook
+from stt.faults import DROP, FaultPlan, Trigger
 from stt.metrics import Metrics, SessionMetrics
 from stt.statechart import ChartMachine, Rule
 
@@ -119,7 +122,7 @@ async def _none(call) -> list:
 
 @attrs.frozen
 class Ending:
-    name: str  # an ENDINGS name, or "violation"
+    name: str  # an ENDINGS name, "violation" (the client broke a rule), or "fault" (an injected fault)
     rule: Rule
     detail: str = ""
 
@@ -136,17 +139,25 @@ class Session:
         authorise: Callable[[str | None], bool] = lambda credential: True,
         allow_private_urls: bool = False,
         metrics: SessionMetrics | None = None,
+        logbook: Logbook | None = None,
+        faults: FaultPlan = FaultPlan(""),
     ):
         self.id = str(uuid.uuid4())
         self.ws = ws
         self.dialect = dialect
         self.engine = engine
         self.lifecycle = lifecycle
-        self.limits = limits
+        self.faults = faults  # what the client asked the server to do wrong (stt.faults)
+        self.limits = attrs.evolve(limits, idle_timeout=faults.idle_timeout) if faults.idle_timeout else limits
+        self._timed_faults = sorted((t for t in faults.triggers if t.at is not None), key=lambda t: t.at)
+        self._stalled = False  # the stall fault has happened
+        self._held_partial: list | None = None  # reorder-partials: the partial's frames sent after the next one
+        self._ended = trio.Event()  # an ending is decided (faults' waits stop then)
         self._authorise = authorise  # the server's key check: credential -> allowed
         self._configured = False  # the dialect's start message (a Configure) has arrived
         self.allow_private_urls = allow_private_urls  # FetchAudio may read from private addresses
         self.metrics = metrics or Metrics().session(dialect.name)  # the server's, or a session's own
+        self.logbook = logbook  # conformance mode: every frame, state and ending is recorded
         self.close_code: int | None = None  # the close code, once closed (1006: the connection dropped)
         self._opened = trio.current_time()  # the max_session_seconds clock starts with the connection
         self._arrivals: deque[float] = deque()  # when each audio frame still queued for the decoder arrived
@@ -163,8 +174,8 @@ class Session:
         self._ready = trio.Event()
         self._greeted = trio.Event()  # the greeting (if any) has gone out
         self._nursery: trio.Nursery | None = None
-        self._audio_send, self._audio_recv = trio.open_memory_channel(limits.audio_queue)
-        self._out_send, self._out_recv = trio.open_memory_channel(limits.result_queue)
+        self._audio_send, self._audio_recv = trio.open_memory_channel(self.limits.audio_queue)
+        self._out_send, self._out_recv = trio.open_memory_channel(self.limits.result_queue)
 
     # --- running ------------------------------------------------------------------------------------------
 
@@ -207,19 +218,23 @@ class Session:
                 nursery.start_soon(self._speech_idle, self.dialect.speech_idle_timeout)
             if self.limits.max_session_seconds:
                 nursery.start_soon(self._time_limit, self.limits.max_session_seconds)
+            for trigger in self.faults.triggers:
+                if trigger.at is None:  # as soon as the connection is open
+                    await self._out_send.send(trigger)
 
     def refuse(self, ending: str, detail: str = "") -> None:
         """Decide before run() that the session ends as `ending` (the server's admission limits: "busy"): run()
         then sends the dialect's error for it, if any, and closes with its code, without a greeting."""
         self._end(ending, detail)
 
-    def _end(self, ending: str | Rule, detail: str = "") -> None:
+    def _end(self, ending: str | Rule, detail: str = "", *, fault: bool = False) -> None:
         """Decide how the session ends (the first decision wins) and stop its tasks."""
         if self.ending is None:
             if isinstance(ending, Rule):
-                self.ending = Ending("violation", ending, detail)
+                self.ending = Ending("fault" if fault else "violation", ending, detail)
             else:
                 self.ending = Ending(ending, self.dialect.chart.ending(ending), detail)
+            self._ended.set()
         if self._nursery is not None:
             self._nursery.cancel_scope.cancel()
 
@@ -229,12 +244,17 @@ class Session:
         assert ending is not None
         rule = ending.rule
         code = self.ws.closed.code if self.ws.closed else None
-        if code is None and ending.name not in ("dropped", "client_closed"):
+        if code is None and rule is DROP:
+            # trio-websocket has no public way to drop a connection: close its stream, without a close frame.
+            await trio.aclose_forcefully(self.ws._stream)
+        elif code is None and ending.name not in ("dropped", "client_closed"):
             code = rule.close
             with trio.move_on_after(self.limits.send_timeout):
                 try:
                     for frame in self.dialect.render_violation(Violation(rule, ending.detail)):
                         await self.ws.send_message(frame)
+                        if self.logbook is not None:
+                            self.logbook.frame("out", frame, self.dialect.machine.state)
                 except ConnectionClosed:
                     pass
             with trio.move_on_after(self.limits.send_timeout):  # cancelled, aclose still closes the stream
@@ -246,6 +266,8 @@ class Session:
         previous_state = self.lifecycle.state
         self.lifecycle.advance("end")
         self.dialect.machine.advance("close")
+        if self.logbook is not None:
+            self.logbook.closed(self.close_code, ending.name, rule.id, ending.detail, self.dialect.machine.state)
         log.log(
             # A client that closes before the exchange completes loses results: a client error, logged as such.
             logging.INFO if ending.name == "normal" or (rule.close == 1000 and ending.name != "client_closed")
@@ -292,7 +314,10 @@ class Session:
                     frame = await self.ws.get_message()
                     idle.deadline = math.inf  # waiting on a slow engine below is not the client being idle
                     self.frames_in += 1
-                    for event in self.dialect.receive(frame):
+                    events = self.dialect.receive(frame)
+                    if self.logbook is not None:
+                        self.logbook.frame("in", frame, self.dialect.machine.state, events)
+                    for event in events:
                         await self._handle(event)
             if idle.cancelled_caught and not self._configured and trio.current_time() >= start_by:
                 self._end("idle_timeout", f"no start message within {start_timeout:g} s")
@@ -311,6 +336,8 @@ class Session:
 
     async def _handle(self, event: object) -> None:
         if isinstance(event, Violation):
+            if self.logbook is not None:
+                self.logbook.violation(event.rule.id, event.detail)
             if event.rule.fatal:
                 self._end(event.rule, event.detail)
                 await trio.lowlevel.checkpoint()  # we are cancelled here
@@ -331,6 +358,8 @@ class Session:
             self.audio_frames += 1
             await self._out_send.send(AudioAccepted(self.audio_frames))
         elif isinstance(event, Configure):
+            if self.logbook is not None:
+                self.logbook.configured(event.audio)
             if self.dialect.credential_in_start and not self._authorise(self.dialect.credential()):
                 self._end("unauthorised", "missing or invalid API key")  # the key came in the start message
                 await trio.lowlevel.checkpoint()  # we are cancelled here
@@ -395,6 +424,8 @@ class Session:
                     self.lifecycle.advance("audio")
                 samples = await self._run_decoder(decoder.decode, b"".join(chunks))
                 self.audio_samples += samples.shape[-1]
+                while self._timed_faults and self._timed_faults[0].at <= self.audio_samples / self.engine.sample_rate:
+                    await self._out_send.send(self._timed_faults.pop(0))  # after the results so far
                 self.metrics.audio(self.audio_samples / self.engine.sample_rate, self._arrived(len(chunks)))
                 results = await self._timed(stream.feed(samples)) if samples.size else []
             elif isinstance(item, Reconfigure):
@@ -450,27 +481,84 @@ class Session:
                     if isinstance(item, (SpeechStarted, SpeechStopped)) or (isinstance(item, (Partial, Final))
                                                                              and item.words):
                         self._last_speech = trio.current_time()
-                    frames = item.frames if isinstance(item, Reply) else self.dialect.render(item)
+                    if isinstance(item, Trigger):
+                        frames = self._fault_frames(item)
+                    else:
+                        frames = item.frames if isinstance(item, Reply) else self.dialect.render(item)
+                    if self.faults:
+                        frames = await self._faulted(item, frames)
+                        if self.ending is not None:
+                            return
                     for frame in frames:
                         sending.deadline = trio.current_time() + self.limits.send_timeout
                         try:
                             await self.ws.send_message(frame)
                         except ConnectionClosed:
                             return  # the reader sees the close and ends the session
+                        if self.logbook is not None:
+                            self.logbook.frame("out", frame, self.dialect.machine.state)
                     sending.deadline = math.inf
                     if frames and isinstance(item, (Partial, Final)):
                         self.metrics.sent(item, trio.current_time())  # the result's lag
                     self._greeted.set()
+                    if isinstance(item, Trigger) and item.rule.fatal:
+                        self._end(item.rule, f"injected fault: {self.faults.text}", fault=True)
+                        return
                     if isinstance(item, EndOfTranscript):
                         self._finished = True
                         if self.dialect.closes_after_end:
                             self._end("normal")
-                        else:
+                        elif self.ending is None:  # a rule the client broke meanwhile may have ended it
                             self._nursery.start_soon(self._close_after_grace)
             if sending.cancelled_caught:
                 self._end("dropped", f"the client read nothing for {self.limits.send_timeout:g} s")
         finally:
             self._greeted.set()  # however the writer ends, the session must not wait on the greeting
+
+    # --- injected faults (stt.faults) -----------------------------------------------------------------------
+
+    def _fault_frames(self, trigger: Trigger) -> list:
+        """What an injected fault sends before it ends the session (if it does): a warning or a non-fatal error
+        of the dialect, or its shutdown notice. A fatal error's frame is sent by _close, like any ending's."""
+        if trigger.shutdown:
+            return render_shutting_down(self.dialect, ShuttingDown(time.time()))
+        if not trigger.rule.fatal:
+            return self.dialect.render_violation(Violation(trigger.rule, "injected fault"))
+        return []
+
+    async def _faulted(self, item, frames: list) -> list:
+        """The frames of `item` as the fault plan would have them: later, twice, swapped with the next partial,
+        or not for a while (a stall)."""
+        plan = self.faults
+        if plan.stall_at is not None and not self._stalled and (self.audio_seconds > plan.stall_at or
+                                                                 plan.stall_at == 0):
+            self._stalled = True
+            await self._fault_wait(plan.stall_for)
+        if isinstance(item, (Partial, Final)) and plan.delay:
+            await self._fault_wait(plan.delay)
+        elif isinstance(item, AudioAccepted) and plan.ack_delay:
+            await self._fault_wait(plan.ack_delay)
+        if isinstance(item, Partial) and frames:
+            if plan.duplicate_partials:
+                frames = frames + frames
+            if plan.reorder_partials:
+                held, self._held_partial = self._held_partial, None
+                if held is None:
+                    self._held_partial = frames
+                    return []
+                return frames + held
+        if self._held_partial is not None and not isinstance(item, AudioAccepted):  # acks may overtake it
+            frames, self._held_partial = self._held_partial + frames, None
+        return frames
+
+    async def _fault_wait(self, seconds: float) -> None:
+        """Wait, as a fault asks, until the session ends at the latest."""
+        with trio.move_on_after(seconds):
+            await self._ended.wait()
+
+    @property
+    def audio_seconds(self) -> float:
+        return self.audio_samples / self.engine.sample_rate
 
     async def _fetch(self, url: str) -> None:
         """Audio the server reads itself goes the way client audio goes, then ends the audio."""

@@ -16,8 +16,9 @@ Records (all carry "t", seconds since the connection opened, and "kind"):
 
 "n" numbers the frames of both directions together, from 1; a violation's "frame" is the client frame that broke
 the rule (null: none had come). How the session ended (an idle timeout, the client's close) is in the close
-record: its ending (stt.statechart.ENDINGS, or "violation") and the rule the chart names for it. Headers are kept without credentials (Authorization and the
-like are replaced by "<redacted>"); a key in the query string is redacted the same way.
+record: its ending (stt.statechart.ENDINGS, "violation" or "fault") and the rule the chart names for it.
+Headers are kept without credentials (Authorization and the like are replaced by "<redacted>"); a key in the
+query string is redacted the same way.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 print what the server answers, one frame a line.
 
 The frames go to URL plus the logbook's path and query (a query value the logbook redacted is left out, with a
-warning: pass credentials with --header). Each client frame leaves at its recorded offset from the first one,
+warning: pass credentials with --header), with the recorded session's fault plan, if it had one, in the
+x-stt-fault header (unless --header gives one). Each client frame leaves at its recorded offset from the first one,
 divided by the speed (0: no waiting), while a second task prints the server's frames as they arrive. After the
 last frame the replay waits for the server to close; where the recorded client ended the session itself (the
 "client_closed" and "dropped" endings), the replay closes at the recorded moment instead. The exit status
@@ -20,6 +21,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, ConnectionTimeout, HandshakeError, open_websocket_url
 
 from stt.conformance.logbook import REDACTED, client_frames, payload, read_logbook
+from stt.faults import FAULT_HEADER
 
 #: Endings in which the client, not the server, ended the session: the replay closes as the client did.
 CLIENT_ENDINGS = ("client_closed", "dropped")
@@ -61,7 +63,11 @@ async def replay(records: Sequence[dict], url: str, *, speed: float = 1.0, heade
     frames = list(client_frames(records))
     close = next((r for r in reversed(records) if r["kind"] == "close"), None)
     client_ends = close is not None and close.get("ending") in CLIENT_ENDINGS
+    headers = list(headers)
     given = {name.lower() for name, _ in headers}
+    faults = records[0].get("faults") or ""
+    if faults and FAULT_HEADER not in given:  # the recorded session's faults, asked again (stt.faults)
+        headers.append((FAULT_HEADER, faults))
     for name, value in (records[0].get("headers") or {}).items():
         if value == REDACTED and name.lower() not in given and name.lower() != "sec-websocket-key":
             warn(f"replay: the logbook redacted the {name} header: pass it with --header if the server needs it")

@@ -20,4 +20,12 @@ def dialect_for(path: str):
     return None
 
 
-__all__ = ["DIALECTS", "dialect_for"]
+def dialect_named(name: str):
+    """The dialect class called `name` (its `name` attribute: "speechmatics", ...)."""
+    for dialect in DIALECTS:
+        if dialect.name == name:
+            return dialect
+    raise KeyError(f"no dialect {name!r} (known: {', '.join(sorted(d.name for d in DIALECTS))})")
+
+
+__all__ = ["DIALECTS", "dialect_for", "dialect_named"]

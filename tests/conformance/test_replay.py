@@ -109,6 +109,17 @@ async def test_a_broken_rule_is_reproduced_error_frame_and_close_code_included()
     assert "closed 1003" in lines[-1]
 
 
+async def test_the_recorded_sessions_fault_plan_is_asked_for_again():
+    recorded = logbook(close={"code": 4005, "ending": "fault", "rule": "SM-LIMIT-001", "detail": ""})
+    recorded[0]["faults"] = "error=quota_exceeded"
+    lines = []
+    async with server() as srv:
+        with trio.fail_after(10):
+            status = await replay_and_compare(recorded, f"ws://127.0.0.1:{srv.port}", speed=0, out=lines.append,
+                                              warn=[].append)
+    assert status == 0 and messages(lines) == ["Error"] and "closed 4005" in lines[-1]
+
+
 async def test_a_recording_the_client_ended_is_closed_by_the_replay_at_the_recorded_moment():
     recorded = logbook(end=False, close={"code": 1000, "ending": "client_closed", "rule": "LC-END-002",
                                          "detail": "close code 1000"})

@@ -1,0 +1,262 @@
+"""A client's conformance, from its session's logbook: which rules of its dialect it kept and which it broke.
+
+The cases of a client report are the rules a client can break: the chart's rules (those its frames break, found
+by the dialect as they arrived and recorded as "violation" records, and those whose ending the client caused: an
+idle timeout, a frame over the size limit, audio that does not decode, a missing key) and the chart's
+`client_rules`, which no single frame breaks and which are evaluated here over the whole session (CHECKS). Rules
+only the server can cause (its own failures, its limits, its shutdown, an injected fault) are not the client's:
+a session that the server ended so reports them as informational.
+
+    report = evaluate(read_logbook(path))
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Callable
+
+import attrs
+
+from stt.audio.pcm import RAW_ENCODINGS
+from stt.conformance.logbook import read_logbook
+from stt.conformance.report import CaseResult, Report, to_text, write_report
+from stt.dialects import dialect_named
+from stt.statechart import CLIENT_CHECKS, Chart, ClientRule
+
+#: Endings the client causes: the rule the chart names for each is the client's to keep.
+CLIENT_ENDINGS = ("idle_timeout", "message_too_large", "bad_audio", "unauthorised")
+#: Endings the server causes (or the ordinary ones): no case of the client's.
+SERVER_ENDINGS = ("normal", "dropped", "client_closed", "internal_error", "shutdown", "busy", "session_timeout",
+                  "fault")
+
+
+@attrs.frozen
+class Finding:
+    detail: str
+    frames: tuple[int, ...] = ()
+
+
+@attrs.frozen
+class Recorded:
+    """What the checks read: the logbook's records, sorted by kind."""
+
+    records: list[dict]
+    dialect: type
+    frames_in: list[dict]
+    format: dict | None  # the declared audio format (the configure record), if any
+    close: dict | None  # the close record (None: the logbook ends before the session did)
+
+    @classmethod
+    def of(cls, records: list[dict]) -> Recorded:
+        dialect = dialect_named(records[0]["dialect"])
+        formats = [r["format"] for r in records if r["kind"] == "configure"]
+        closes = [r for r in records if r["kind"] == "close"]
+        return cls(records, dialect, [r for r in records if r["kind"] == "in"], formats[0] if formats else None,
+                   closes[-1] if closes else None)
+
+    @property
+    def ended_by_server(self) -> bool:
+        return self.close is None or self.close["ending"] not in ("normal", "violation", "dropped", "client_closed",
+                                                                  *CLIENT_ENDINGS)
+
+    def audio_frames(self) -> list[dict]:
+        return [r for r in self.frames_in if r.get("audio")]
+
+
+# --- the client_rules checks: each answers None (not applicable to this session) or its findings -----------
+
+
+def _ends_stream(session: Recorded, params: dict) -> list[Finding] | None:
+    if session.ended_by_server:
+        return None
+    ending, code = session.close["ending"], session.close["code"]
+    last = session.frames_in[-1]["n"] if session.frames_in else None
+    frames = (last,) if last else ()
+    if ending == "client_closed":
+        return [Finding(f"the client closed the connection (code {code}) in state {session.close['state']}, "
+                        "before the exchange completed", frames)]
+    if ending == "dropped":
+        return [Finding(f"the connection dropped without a close frame in state {session.close['state']}, "
+                        "before the exchange completed", frames)]
+    return []
+
+
+def _last_seq_no(session: Recorded, params: dict) -> list[Finding] | None:
+    message, field = params["message"], params["field"]
+    findings, sent = [], 0
+    for record in session.frames_in:
+        if record.get("audio"):
+            sent += 1
+        if record["type"] != "text":
+            continue
+        try:
+            body = json.loads(record["text"])
+        except ValueError:
+            continue
+        if isinstance(body, dict) and body.get("message") == message and field in body:
+            if body[field] != sent:
+                findings.append(Finding(f"{message} says {field} {body[field]!r}, but {sent} audio frames were "
+                                        "sent", (record["n"],)))
+    return findings
+
+
+def _bytes_per_second(session: Recorded) -> float | None:
+    fmt = session.format
+    encoding = RAW_ENCODINGS.get(fmt["encoding"]) if fmt else None
+    if encoding is None or not fmt.get("sample_rate"):
+        return None  # a container file, or no format declared: durations are unknown from bytes alone
+    return fmt["sample_rate"] * max(1, fmt.get("channels") or 1) * encoding.width
+
+
+def _chunk_duration(session: Recorded, params: dict) -> list[Finding] | None:
+    rate = _bytes_per_second(session)
+    if rate is None:
+        return None
+    low, high = float(params["min_ms"]), float(params["max_ms"])
+    frames = session.audio_frames()
+    outside = []
+    for i, record in enumerate(frames):
+        ms = record["audio"] / rate * 1000
+        last = i == len(frames) - 1  # the end of the audio may be any length
+        if ms > high or (ms < low and not last):
+            outside.append((record["n"], ms))
+    if not outside:
+        return []
+    examples = ", ".join(f"frame {n}: {ms:.3g} ms" for n, ms in outside[:5])
+    return [Finding(f"{len(outside)} of {len(frames)} audio frames last outside {low:g}-{high:g} ms ({examples})",
+                    tuple(n for n, _ in outside))]
+
+
+def _real_time(session: Recorded, params: dict) -> list[Finding] | None:
+    rate = _bytes_per_second(session)
+    frames = session.audio_frames()
+    if rate is None or not frames:
+        return None
+    factor, slack = float(params["factor"]), float(params["slack_s"])
+    start, sent = frames[0]["t"], 0.0
+    for record in frames:
+        elapsed = record["t"] - start
+        if sent > factor * elapsed + slack:  # the audio sent before this frame is ahead of the clock
+            return [Finding(f"{sent:.1f} s of audio were sent in {elapsed:.1f} s ({sent / max(elapsed, 1e-3):.1f} "
+                            f"times real time; at most {factor:g}, with {slack:g} s of leeway)", (record["n"],))]
+        sent += record["audio"] / rate
+    return []
+
+
+CHECKS: dict[str, Callable[[Recorded, dict], list[Finding] | None]] = {
+    "ends_stream": _ends_stream,
+    "last_seq_no": _last_seq_no,
+    "chunk_duration": _chunk_duration,
+    "real_time": _real_time,
+}
+assert set(CHECKS) == set(CLIENT_CHECKS), "stt.statechart.CLIENT_CHECKS and CHECKS name the same checks"
+
+
+# --- the report ----------------------------------------------------------------------------------------------
+
+
+def client_rule_ids(chart: Chart, dialect=None) -> list[str]:
+    """The chart's rules a client can break, in chart order (see the module docstring)."""
+    used_endings = set(chart.endings.values())
+    server = {chart.endings[e] for e in SERVER_ENDINGS if e in chart.endings}
+    notice = getattr(dialect, "time_limit_warning_rule", None)
+    ids = []
+    for rule_id in chart.rules:
+        if rule_id in server or rule_id == notice:
+            continue
+        if rule_id.startswith("LC-") and rule_id not in used_endings:
+            continue  # a lifecycle ending the dialect names its own rule for
+        ids.append(rule_id)
+    return ids
+
+
+def evaluate(records: list[dict], *, created: str | None = None) -> Report:
+    """The client report of one session's logbook."""
+    session = Recorded.of(records)
+    chart = session.dialect.chart
+    opened = records[0]
+    findings: dict[str, list[Finding]] = defaultdict(list)
+    for record in records:
+        if record["kind"] == "violation":
+            frame = record.get("frame")
+            findings[record["rule"]].append(Finding(record["detail"], (frame,) if frame else ()))
+    close = session.close
+    if close is not None and close["ending"] in CLIENT_ENDINGS:
+        findings[close["rule"]].append(Finding(close["detail"] or close["ending"]))
+
+    cases = []
+    for rule_id in client_rule_ids(chart, session.dialect):
+        rule = chart.rules[rule_id]
+        cases.append(_case(rule_id, rule.requirement, "warning" if rule.warning else "error",
+                           findings.pop(rule_id, [])))
+    for rule in chart.client_rules.values():
+        cases.append(_client_rule_case(rule, session))
+    for rule_id, found in findings.items():  # a rule recorded that is not the client's (a server notice)
+        cases.append(_case(rule_id, chart.rules[rule_id].requirement if rule_id in chart.rules else rule_id,
+                           "info", found, verdict="informational"))
+    if session.ended_by_server:
+        what = "the logbook ends before the session did" if close is None else (
+            f"the server ended the session: {close['ending']} ({close['rule']}, close {close['code']})"
+            f"{': ' + close['detail'] if close['detail'] else ''}")
+        cases.append(CaseResult(f"{chart.name}/session/ending", "How the session ended.", "informational",
+                                "info", close["rule"] if close else None, what))
+    return Report(
+        kind="client",
+        title=f"{chart.title}: client conformance",
+        subject=opened["session"],
+        dialect=chart.name,
+        cases=tuple(cases),
+        created=created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        timeline=tuple(records),
+        path=_path(records),
+    )
+
+
+def _case(rule_id: str, requirement: str, severity: str, found: list[Finding], verdict: str | None = None):
+    frames = tuple(sorted({n for f in found for n in f.frames}))
+    details = "; ".join(dict.fromkeys(f.detail for f in found))
+    if len(found) > 1:
+        details = f"{len(found)} times: {details}"
+    return CaseResult(rule_id, requirement, verdict or ("fail" if found else "pass"), severity, rule_id, details,
+                      frames)
+
+
+def _client_rule_case(rule: ClientRule, session: Recorded) -> CaseResult:
+    found = CHECKS[rule.check](session, rule.params)
+    if found is None:
+        return CaseResult(rule.id, rule.requirement, "skipped", rule.severity, rule.id,
+                          "not applicable to this session")
+    return _case(rule.id, rule.requirement, rule.severity, found)
+
+
+def _path(records: list[dict]) -> tuple[str, ...]:
+    path: list[str] = []
+    for record in records:
+        state = record.get("state")
+        if state and (not path or path[-1] != state):
+            path.append(state)
+    return tuple(path)
+
+
+def write_client_report(directory: Path, session: str) -> list[Path]:
+    """The report of the logbook DIR/<session>.jsonl, beside it (stt serve --conformance)."""
+    return write_report(evaluate(read_logbook(directory / f"{session}.jsonl")), directory, session)
+
+
+def report_command(args) -> int:
+    """stt report LOGBOOK [--out DIR]"""
+    try:
+        records = read_logbook(args.logbook)
+        report = evaluate(records)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"stt report: {args.logbook}: {exc}", file=sys.stderr)
+        return 2
+    out = args.out or args.logbook.parent
+    for path in write_report(report, out, args.logbook.stem):
+        print(f"wrote {path}", file=sys.stderr)
+    print(to_text(report))
+    return 0 if report.passed else 1

@@ -1,0 +1,276 @@
+"""Fault injection (stt.faults, carried out by the session): the plan's grammar, and each fault over real sockets
+against the scripted engine, as a client asking for it by header or query parameter would see it."""
+
+import json
+
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
+
+from stt.config import ConfigError, resolve, server_config
+from stt.cli import _parser
+from stt.dialects import DIALECTS
+from stt.faults import DROP, FaultError, parse_faults
+from stt.session import SessionLimits
+from tests.helpers import frames_of, running_server, silence, start_message
+
+CHARTS = {d.name: d.chart for d in DIALECTS}
+END_OF_STREAM = json.dumps({"message": "EndOfStream", "last_seq_no": 0})
+
+
+# --- the grammar ------------------------------------------------------------------------------------------
+
+
+def test_a_plan_parses_into_triggers_at_audio_times_and_whole_session_faults():
+    plan = parse_faults("drop@2s, close=4005@1500ms, error=quota_exceeded, delay=500ms, ack-delay=20ms, "
+                        "stall=2s@3s, duplicate-partials, reorder-partials, idle=5s", CHARTS["speechmatics"])
+    assert [(t.rule.id, t.rule.close, t.at) for t in plan.triggers] == [
+        ("FAULT-DROP", 1006, 2.0), ("FAULT-CLOSE-4005", 4005, 1.5), ("SM-LIMIT-001", 4005, None)]
+    assert (plan.delay, plan.ack_delay, plan.stall_at, plan.stall_for, plan.idle_timeout) == (0.5, 0.02, 3.0, 2.0, 5.0)
+    assert plan.duplicate_partials and plan.reorder_partials and plan
+    assert not parse_faults("  ", CHARTS["speechmatics"])
+
+
+@pytest.mark.parametrize("text, says", [
+    ("explode", "unknown fault 'explode'"),
+    ("drop=1", "drop takes no value"),
+    ("close", "close needs a value"),
+    ("close=1006", "not a close code a server may send"),
+    ("close=999@1s", "not a close code"),
+    ("delay=fast", "not a duration"),
+    ("delay=1s@2s", "applies to the whole session"),
+    ("drop@soon", "not a duration"),
+    ("error=INSUFFICIENT_CREDITS", "the speechmatics dialect has no error 'INSUFFICIENT_CREDITS' (its errors: "),
+    ("idle=0s", "more than 0"),
+])
+def test_a_bad_item_is_refused_naming_it(text, says):
+    with pytest.raises(FaultError, match=None) as info:
+        parse_faults(text, CHARTS["speechmatics"])
+    assert says in str(info.value)
+
+
+def test_error_names_the_dialects_own_errors():
+    assert parse_faults("error=INSUFFICIENT_CREDITS", CHARTS["yourvoic"]).triggers[0].rule.id == "YV-CREDIT-001"
+    assert parse_faults("error=add_audio_after_eos", CHARTS["speechmatics"]).triggers[0].rule.warning
+    assert parse_faults("error=VB-BUSY-001", CHARTS["vblaze"]).triggers[0].rule.close == 1013  # by rule id
+
+
+def test_stt_serve_fault_is_checked_at_start_up():
+    config = server_config(resolve(_parser, ["serve", "--fault", "error=quota_exceeded"]))
+    assert config.faults == "error=quota_exceeded"
+    with pytest.raises(ConfigError, match="--fault: 'bogus': unknown fault"):
+        server_config(resolve(_parser, ["serve", "--fault", "bogus"]))
+
+
+# --- over the wire ----------------------------------------------------------------------------------------
+
+
+def quick_server(**config):
+    """The scripted engine, and a Speechmatics client that does not close after EndOfTranscript is closed soon."""
+    return running_server(limits=SessionLimits(close_grace=0.2), **config)
+
+
+async def speechmatics(server, faults: str = "", *, partials: bool = False, query: str = ""):
+    headers = [("x-stt-fault", faults)] if faults else []
+    return open_websocket_url(f"ws://127.0.0.1:{server.port}/v2{query}", extra_headers=headers)
+
+
+async def messages_until_closed(ws, timeout: float = 10) -> tuple[list[dict], int]:
+    out = []
+    with trio.fail_after(timeout):
+        try:
+            while True:
+                message = await ws.get_message()
+                out.append(json.loads(message) if isinstance(message, str) else {"binary": len(message)})
+        except ConnectionClosed as exc:
+            return out, exc.reason.code
+
+
+async def started(ws, partials: bool = False) -> None:
+    """StartRecognition, and the RecognitionStarted and Info that answer it."""
+    await ws.send_message(start_message(partials=partials))
+    with trio.fail_after(5):
+        assert json.loads(await ws.get_message())["message"] == "RecognitionStarted"
+        assert json.loads(await ws.get_message())["type"] == "recognition_quality"
+
+
+async def send_audio(ws, seconds: float, *, then_end: bool = True) -> int:
+    frames = frames_of(silence(seconds), 3200)
+    for frame in frames:
+        await ws.send_message(frame)
+    if then_end:
+        await ws.send_message(json.dumps({"message": "EndOfStream", "last_seq_no": len(frames)}))
+    return len(frames)
+
+
+async def served_normally(server) -> None:
+    """A session without faults still goes its normal way: the server is unharmed."""
+    async with await speechmatics(server) as ws:
+        await started(ws)
+        await send_audio(ws, 0.5)
+        with trio.fail_after(10):
+            while json.loads(await ws.get_message())["message"] != "EndOfTranscript":
+                pass
+
+
+async def test_drop_closes_the_connection_without_a_close_frame_after_that_much_audio():
+    async with quick_server() as server:
+        async with await speechmatics(server, "drop@0.5s") as ws:
+            await started(ws)
+            try:
+                await send_audio(ws, 2.0, then_end=False)
+            except ConnectionClosed:  # the server may be gone before every frame is sent
+                pass
+            messages, code = await messages_until_closed(ws)
+        assert code == 1006  # no close frame came: an abnormal closure
+        assert {m["message"] for m in messages} <= {"Info", "AudioAdded"}  # no Error: a drop says nothing
+        assert max([m["seq_no"] for m in messages if "seq_no" in m], default=0) <= 6  # 0.1 s frames, 0.5 s
+        assert server.endings[("speechmatics", "fault", DROP.id)] == 1
+        await served_normally(server)
+
+
+async def test_close_sends_that_code_and_no_error():
+    async with quick_server() as server:
+        async with await speechmatics(server, "close=4005@0.3s") as ws:
+            await started(ws)
+            await send_audio(ws, 1.0, then_end=False)
+            messages, code = await messages_until_closed(ws)
+        assert code == 4005
+        assert {m["message"] for m in messages} <= {"AudioAdded", "AddTranscript", "AddPartialTranscript"}
+        await served_normally(server)
+
+
+async def test_error_without_a_time_is_the_vendors_error_and_close_at_once():
+    async with quick_server() as server:
+        async with await speechmatics(server, "error=quota_exceeded") as ws:
+            messages, code = await messages_until_closed(ws)
+        assert [(m["message"], m["type"]) for m in messages] == [("Error", "quota_exceeded")]
+        assert code == 4005
+
+
+async def test_a_warning_is_sent_and_the_session_goes_on():
+    async with quick_server() as server:
+        async with await speechmatics(server, "error=add_audio_after_eos@0.2s") as ws:
+            await started(ws)
+            await send_audio(ws, 0.5)
+            messages, code = await messages_until_closed(ws)
+        warnings = [m for m in messages if m["message"] == "Warning"]
+        assert [w["type"] for w in warnings] == ["add_audio_after_eos"]
+        assert messages[-1]["message"] == "EndOfTranscript"
+        assert messages.index(warnings[0]) < messages.index(messages[-1])
+
+
+async def test_yourvoic_insufficient_credits_by_query_parameter_which_the_dialect_never_sees():
+    async with quick_server() as server:
+        url = f"ws://127.0.0.1:{server.port}/api/v1/stt/realtime/stream?stt_fault=error%3DINSUFFICIENT_CREDITS"
+        async with open_websocket_url(url) as ws:
+            messages, code = await messages_until_closed(ws)
+    assert [(m["type"], m["code"]) for m in messages] == [("error", "INSUFFICIENT_CREDITS")]
+    assert messages[0]["message"].startswith("Insufficient credits")
+    assert code == 1008
+
+
+async def test_scriptix_shutdown_is_announced_then_closed_as_going_away():
+    async with quick_server() as server:
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2/realtime?stt_fault=shutdown") as ws:
+            messages, code = await messages_until_closed(ws)
+    assert [m["state"] for m in messages] == ["shutting_down"] and isinstance(messages[0]["at"], int)
+    assert code == 1001
+
+
+async def test_delay_holds_each_result_and_ack_delay_each_acknowledgement():
+    async with quick_server() as server:
+        async with await speechmatics(server, "delay=400ms") as ws:
+            await started(ws)
+            await send_audio(ws, 0.5, then_end=False)
+            await ws.send_message(json.dumps({"message": "EndOfStream", "last_seq_no": 5}))
+            sent = trio.current_time()
+            while json.loads(await ws.get_message())["message"] != "AddTranscript":
+                pass
+            assert trio.current_time() - sent >= 0.4
+        async with await speechmatics(server, "ack-delay=300ms") as ws:
+            await started(ws)
+            await ws.send_message(silence(0.1))
+            sent = trio.current_time()
+            assert json.loads(await ws.get_message()) == {"message": "AudioAdded", "seq_no": 1}
+            assert trio.current_time() - sent >= 0.3
+
+
+async def test_stall_sends_nothing_for_a_while_after_that_much_audio_then_goes_on():
+    async with quick_server() as server:
+        async with await speechmatics(server, "stall=1s@0.3s") as ws:
+            await started(ws)
+            await send_audio(ws, 1.0)
+            arrivals = []
+            with trio.fail_after(10):
+                while True:
+                    message = json.loads(await ws.get_message())
+                    arrivals.append((trio.current_time(), message["message"]))
+                    if message["message"] == "EndOfTranscript":
+                        break
+        gaps = [later[0] - earlier[0] for earlier, later in zip(arrivals, arrivals[1:])]
+        assert max(gaps) >= 0.9  # the stall (less the time the first frames took to come)
+        assert [m for _, m in arrivals].count("AudioAdded") == 10  # nothing lost, only late
+        async with await speechmatics(server, "stall@0.1s") as ws:  # no end to it
+            await started(ws)  # RecognitionStarted and Info went out before any audio
+            await send_audio(ws, 0.5)
+            acks = 0
+            with trio.move_on_after(1):
+                while True:
+                    assert json.loads(await ws.get_message())["message"] == "AudioAdded"
+                    acks += 1
+            assert acks <= 2  # what went out before the decoder passed 0.1 s of audio
+        async with await speechmatics(server, "stall") as ws:
+            await ws.send_message(start_message())
+            with trio.move_on_after(1):
+                await ws.get_message()
+                pytest.fail("a session stalled from the start sent something")
+
+
+async def partials_of(server, faults: str) -> list[str]:
+    async with await speechmatics(server, faults) as ws:
+        await started(ws, partials=True)
+        await send_audio(ws, 2.5)
+        messages, _ = await messages_until_closed(ws)
+    return [m["metadata"]["transcript"] for m in messages if m.get("message") == "AddPartialTranscript"]
+
+
+async def test_duplicate_and_reorder_partials():
+    async with quick_server() as server:
+        plain = await partials_of(server, "")
+        assert len(plain) >= 4 and len(set(plain)) == len(plain)  # the scripted engine's growing partials
+        assert await partials_of(server, "duplicate-partials") == [p for p in plain for _ in (0, 1)]
+        swapped = await partials_of(server, "reorder-partials")
+        assert sorted(swapped) == sorted(plain) and swapped != plain
+        assert swapped[:2] == [plain[1], plain[0]]
+
+
+async def test_idle_sets_this_sessions_idle_timeout():
+    async with quick_server() as server:
+        async with await speechmatics(server, "idle=300ms") as ws:
+            await started(ws)
+            start = trio.current_time()
+            messages, code = await messages_until_closed(ws, timeout=5)
+        assert [m["type"] for m in messages] == ["idle_timeout"] and code == 1008
+        assert trio.current_time() - start < 3  # not the server's 180 s
+
+
+async def test_a_bad_plan_refuses_the_upgrade_with_400_saying_why():
+    async with quick_server() as server:
+        with pytest.raises(ConnectionRejected) as info:
+            async with await speechmatics(server, "drop@never"):
+                pass
+        assert info.value.status_code == 400
+        assert b"'drop@never': 'never' is not a duration" in info.value.body
+
+
+async def test_the_servers_plan_applies_unless_a_connection_brings_its_own():
+    async with quick_server(faults="error=quota_exceeded") as server:
+        async with await speechmatics(server) as ws:
+            messages, code = await messages_until_closed(ws)
+        assert code == 4005
+        async with await speechmatics(server, "idle=5s") as ws:  # its own plan: no quota error
+            await started(ws)
+            await send_audio(ws, 0.2)
+            messages, code = await messages_until_closed(ws)
+        assert messages[-1]["message"] == "EndOfTranscript"
