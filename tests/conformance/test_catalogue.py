@@ -7,8 +7,8 @@ from collections import Counter
 import pytest
 
 from stt.conformance.catalogue import Case, all_cases, cases, chart_of, coverage, dialect_names, paths
-from stt.dialects import dialect_named
 from stt.conformance.profiles import CLOSE, PROFILES
+from stt.dialects import dialect_named
 from stt.events import Configure, Violation
 
 CASES = all_cases()
