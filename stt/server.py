@@ -232,8 +232,8 @@ class Server:
                 self.sessions.add(session)
             try:
                 opened = trio.current_time()
-                with open_logbook(self.config.conformance_dir, session.id, dialect.name, handshake, faults.text,
-                                  dialect.machine.state, lambda: trio.current_time() - opened) if record \
+                with open_logbook(self.config.conformance_dir, session.id, dialect, handshake, faults.text,
+                                  lambda: trio.current_time() - opened) if record \
                         else contextlib.nullcontext() as logbook:
                     session.logbook = logbook
                     ending = await session.run()

@@ -18,7 +18,8 @@ Records (all carry "t", seconds since the connection opened, and "kind"):
 the rule (null: none had come). How the session ended (an idle timeout, the client's close) is in the close
 record: its ending (stt.statechart.ENDINGS, "violation" or "fault") and the rule the chart names for it.
 Headers are kept without credentials (Authorization and the like are replaced by "<redacted>"); a key in the
-query string is redacted the same way.
+query string is redacted the same way, and so is the key the dialect found wherever else it appears (a
+Scriptix stream-mode path, a start message).
 """
 
 from __future__ import annotations
@@ -33,22 +34,28 @@ from stt.events import Audio, AudioFormat
 
 #: Header and query names whose values are credentials: never written to a logbook.
 SECRET_NAMES = {"authorization", "x-api-key", "api_key", "apikey", "api-key", "key", "token", "access_token",
-                "sec-websocket-key"}
+                "jwt", "x-zoom-s2t-key", "x-voci-token", "sec-websocket-key"}
+#: A credential shorter than this is not searched for in paths and frames (it would redact ordinary text).
+_MIN_SECRET = 4
 REDACTED = "<redacted>"
 #: A connection asks to be recorded (stt serve --conformance DIR --conformance-opt-in) by either, set to 1.
 CONFORMANCE_HEADER = "x-stt-conformance"
 CONFORMANCE_QUERY = "stt_conformance"
 
 
-def redacted(items: dict[str, str]) -> dict[str, str]:
-    return {k: REDACTED if k.lower() in SECRET_NAMES else v for k, v in items.items()}
+def redacted(items: dict[str, str], scrub: Callable[[str], str] = lambda text: text) -> dict[str, str]:
+    return {k: REDACTED if k.lower() in SECRET_NAMES else scrub(v) for k, v in items.items()}
 
 
 class Logbook:
-    """Writes one session's records as they happen (`clock` gives the seconds since the connection opened)."""
+    """Writes one session's records as they happen (`clock` gives the seconds since the connection opened).
 
-    def __init__(self, file: IO[str], clock):
-        self._file, self._clock = file, clock
+    `secret` gives the credential the client presented, once the dialect knows it (in the handshake, or in a
+    start message): it is replaced by "<redacted>" wherever it appears, in the path, the query and header values,
+    and text frames. A replay of such a frame sends "<redacted>" instead of the key."""
+
+    def __init__(self, file: IO[str], clock, secret: Callable[[], str | None] = lambda: None):
+        self._file, self._clock, self._secret = file, clock, secret
         self.frames = 0
         self._last_in: int | None = None
 
@@ -57,14 +64,19 @@ class Logbook:
 
     def opened(self, session: str, dialect: str, path: str, query: dict, headers: dict, faults: str,
                state: str) -> None:
-        self._write({"kind": "open", "session": session, "dialect": dialect, "path": path,
-                     "query": redacted(query), "headers": redacted(headers), "faults": faults, "state": state})
+        self._write({"kind": "open", "session": session, "dialect": dialect, "path": self._scrub(path),
+                     "query": redacted(query, self._scrub), "headers": redacted(headers, self._scrub),
+                     "faults": faults, "state": state})
+
+    def _scrub(self, text: str) -> str:
+        secret = self._secret()
+        return text.replace(secret, REDACTED) if secret and len(secret) >= _MIN_SECRET else text
 
     def frame(self, direction: str, frame: str | bytes, state: str, events: Iterable[object] = ()) -> int:
         self.frames += 1
         record = {"kind": direction, "n": self.frames}
         if isinstance(frame, str):
-            record.update(type="text", text=frame, bytes=len(frame.encode()))
+            record.update(type="text", text=self._scrub(frame), bytes=len(frame.encode()))
         else:
             record.update(type="binary", base64=base64.b64encode(frame).decode("ascii"), bytes=len(frame))
         record["state"] = state
@@ -92,13 +104,15 @@ class Logbook:
 
 
 @contextmanager
-def open_logbook(directory: Path, session: str, dialect: str, handshake, faults: str, state: str,
+def open_logbook(directory: Path, session: str, dialect, handshake, faults: str,
                  clock: Callable[[], float]) -> Iterator[Logbook]:
-    """A logbook at DIR/<session>.jsonl, its open record written; closed when the block exits."""
+    """A logbook at DIR/<session>.jsonl, its open record written; closed when the block exits. Written a line
+    at a time, so that what a session has done so far is on disk while it runs."""
     directory.mkdir(parents=True, exist_ok=True)
-    with open(directory / f"{session}.jsonl", "w", encoding="utf-8") as file:
-        logbook = Logbook(file, clock)
-        logbook.opened(session, dialect, handshake.path, handshake.query, handshake.headers, faults, state)
+    with open(directory / f"{session}.jsonl", "w", encoding="utf-8", buffering=1) as file:
+        logbook = Logbook(file, clock, dialect.credential)
+        logbook.opened(session, dialect.name, handshake.path, handshake.query, handshake.headers, faults,
+                       dialect.machine.state)
         yield logbook
 
 

@@ -326,12 +326,15 @@ def to_html(report: Report) -> str:
 # --- files --------------------------------------------------------------------------------------------------
 
 def write_report(report: Report, directory: str | Path, stem: str) -> list[Path]:
-    """`<stem>.json`, `<stem>.html` and `<stem>.xml` (JUnit) in directory, made if missing."""
+    """`<stem>.json`, `<stem>.html` and `<stem>.xml` (JUnit) in directory, made if missing. Each file appears
+    whole (written beside, then renamed), so whoever watches the directory never reads half a report."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     written = []
     for suffix, render in ((".json", to_json), (".html", to_html), (".xml", to_junit)):
         path = directory / f"{stem}{suffix}"
-        path.write_text(render(report), encoding="utf-8")
+        partial = path.with_name(f".{path.name}.partial")
+        partial.write_text(render(report), encoding="utf-8")
+        partial.replace(path)
         written.append(path)
     return written
