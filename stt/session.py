@@ -172,6 +172,8 @@ class Session:
         self._last_speech = trio.current_time()  # when the engine last reported speech (or the session began)
         self._finished = False  # the dialect's end-of-stream exchange is complete
         self._ready = trio.Event()
+        self._peeking: trio.CancelScope | None = None  # conformance mode: waiting for a frame before _ready
+        self._early: str | bytes | None = None  # ... and the frame that came, handled once the session started
         self._greeted = trio.Event()  # the greeting (if any) has gone out
         self._nursery: trio.Nursery | None = None
         self._audio_send, self._audio_recv = trio.open_memory_channel(self.limits.audio_queue)
@@ -309,14 +311,19 @@ class Session:
             with trio.CancelScope() as idle:
                 self._idle = idle
                 while True:
-                    idle.deadline = math.inf if self._fetching else min(
-                        trio.current_time() + self.limits.idle_timeout, math.inf if self._configured else start_by)
-                    frame = await self.ws.get_message()
-                    idle.deadline = math.inf  # waiting on a slow engine below is not the client being idle
+                    early, self._early = self._early, None
+                    if early is None:
+                        idle.deadline = math.inf if self._fetching else min(
+                            trio.current_time() + self.limits.idle_timeout,
+                            math.inf if self._configured else start_by)
+                        frame = await self.ws.get_message()
+                        idle.deadline = math.inf  # waiting on a slow engine below is not the client being idle
+                    else:
+                        frame = early
                     self.frames_in += 1
                     events = self.dialect.receive(frame)
                     if self.logbook is not None:
-                        self.logbook.frame("in", frame, self.dialect.machine.state, events)
+                        self.logbook.frame("in", frame, self.dialect.machine.state, events, early=early is not None)
                     for event in events:
                         await self._handle(event)
             if idle.cancelled_caught and not self._configured and trio.current_time() >= start_by:
@@ -365,6 +372,8 @@ class Session:
                 await trio.lowlevel.checkpoint()  # we are cancelled here
             self._configured = True
             await self._audio_send.send(event)
+            if self.logbook is not None:
+                await self._note_early_frame()
             await self._ready.wait()  # read nothing more until the session has started
         elif isinstance(event, (Reconfigure, Flush, EndOfAudio)):
             await self._audio_send.send(event)
@@ -373,6 +382,16 @@ class Session:
             await trio.lowlevel.checkpoint()
         else:
             raise TypeError(f"unexpected event {event!r}")
+
+    async def _note_early_frame(self) -> None:
+        """Conformance mode: a frame that arrives before the session has started (before RecognitionStarted,
+        session.updated or listening has even been written) is one the client sent without waiting for it. stt
+        serves it all the same, once the session has started; the logbook marks it "early" for the client's
+        report (the waits_for_start client rules)."""
+        with trio.CancelScope() as self._peeking:
+            if not self._ready.is_set():
+                self._early = await self.ws.get_message()
+        self._peeking = None
 
     # --- decoder ------------------------------------------------------------------------------------------
 
@@ -395,6 +414,8 @@ class Session:
                     self.lifecycle.advance("ready")
                     await self._out_send.send(SessionStarted(self.id, config))
                     self._ready.set()
+                    if self._peeking is not None:
+                        self._peeking.cancel()
                     await self._decode(stream, decoder)
         except BadAudio as exc:
             self._end("bad_audio", str(exc))

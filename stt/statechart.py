@@ -52,8 +52,9 @@ _CLIENT_RULE_KEYS = {"requirement", "severity", "check", "with"}
 #: ends_stream: the client ended its stream with the dialect's end message and let the exchange complete;
 #: last_seq_no: a count the client reports (with: message, field) equals the audio frames it sent;
 #: chunk_duration: each audio frame lasts between with.min_ms and with.max_ms (raw formats);
-#: real_time: the client sends audio no faster than with.factor times real time (with.slack_s of leeway).
-CLIENT_CHECKS = ("ends_stream", "last_seq_no", "chunk_duration", "real_time")
+#: real_time: the client sends audio no faster than with.factor times real time (with.slack_s of leeway);
+#: waits_for_start: the client sends nothing after its start message until the server's answer to it.
+CLIENT_CHECKS = ("ends_stream", "last_seq_no", "chunk_duration", "real_time", "waits_for_start")
 SEVERITIES = ("error", "warning", "info")
 _RULE_ID = re.compile(r"^[A-Z]+(-[A-Z0-9]+)+$")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")

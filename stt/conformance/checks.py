@@ -146,11 +146,21 @@ def _real_time(session: Recorded, params: dict) -> list[Finding] | None:
     return []
 
 
+def _waits_for_start(session: Recorded, params: dict) -> list[Finding] | None:
+    early = [r["n"] for r in session.frames_in if r.get("early")]
+    if not early:
+        return []
+    return [Finding(f"frame {early[0]} arrived before the session had started ({params['answer']} had not been "
+                    "sent yet); stt served it once the session started, the vendor's service may not",
+                    tuple(early))]
+
+
 CHECKS: dict[str, Callable[[Recorded, dict], list[Finding] | None]] = {
     "ends_stream": _ends_stream,
     "last_seq_no": _last_seq_no,
     "chunk_duration": _chunk_duration,
     "real_time": _real_time,
+    "waits_for_start": _waits_for_start,
 }
 assert set(CHECKS) == set(CLIENT_CHECKS), "stt.statechart.CLIENT_CHECKS and CHECKS name the same checks"
 

@@ -8,7 +8,8 @@ Records (all carry "t", seconds since the connection opened, and "kind"):
     {"kind": "in" | "out", "n": N, "type": "text", "text": "...", "bytes": B, "state": STATE}
     {"kind": "in" | "out", "n": N, "type": "binary", "base64": "...", "bytes": B, "state": STATE}
         a client frame ("in") also carries "events": the names of the stt.events the dialect made of it, "audio":
-        the bytes of audio it carried
+        the bytes of audio it carried, and "early": true if it arrived before the session had started (the
+        client sent it without waiting for the server's answer to its start message; conformance mode only)
     {"kind": "configure", "format": {"encoding": "pcm_s16le" or "file" ..., "sample_rate": R, "channels": C}}
         the audio format the client declared (from its start message, or its handshake)
     {"kind": "violation", "rule": RULE-ID, "detail": "...", "frame": N or null}
@@ -72,7 +73,8 @@ class Logbook:
         secret = self._secret()
         return text.replace(secret, REDACTED) if secret and len(secret) >= _MIN_SECRET else text
 
-    def frame(self, direction: str, frame: str | bytes, state: str, events: Iterable[object] = ()) -> int:
+    def frame(self, direction: str, frame: str | bytes, state: str, events: Iterable[object] = (), *,
+              early: bool = False) -> int:
         self.frames += 1
         record = {"kind": direction, "n": self.frames}
         if isinstance(frame, str):
@@ -84,6 +86,8 @@ class Logbook:
             events = list(events)
             record["events"] = [type(e).__name__ for e in events]
             record["audio"] = sum(len(e.data) for e in events if isinstance(e, Audio))
+            if early:
+                record["early"] = True
         self._write(record)
         if direction == "in":
             self._last_in = self.frames

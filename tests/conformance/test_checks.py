@@ -24,8 +24,10 @@ from stt.conformance.checks import client_rule_ids
 from stt.conformance.logbook import payload, read_logbook
 from stt.conformance.report import Report, from_json
 from stt.dialects import dialect_named
+from stt.engines.inline_host import InlineEngine
+from stt.engines.scripted import ScriptedRecognizer
 from stt.session import SessionLimits
-from tests.helpers import DATA, connect, frames_of, running_server, silence, start_message
+from tests.helpers import DATA, connect, frames_of, running_server, session_pair, silence, start_message
 
 RATE = 16000  # every client here sends 16-bit mono PCM at 16 kHz
 BYTES_PER_SECOND = RATE * 2
@@ -683,3 +685,55 @@ async def test_last_seq_no_counts_what_the_server_acknowledged_an_empty_audio_fr
             await p.close()
         report, _ = await written_report(tmp_path)
     assert not failed(report)
+
+
+class GatedEngine(InlineEngine):
+    """The scripted engine, whose streams open only once `gate` is set: the session stays "starting" as long
+    as a test needs, as it does while a real recognizer loads."""
+
+    def __init__(self):
+        super().__init__("scripted", 16000, ScriptedRecognizer)
+        self.gate = trio.Event()
+
+    @asynccontextmanager
+    async def open_stream(self, settings):
+        await self.gate.wait()
+        async with super().open_stream(settings) as stream:
+            yield stream
+
+
+@pytest.mark.parametrize("dialect", ["speechmatics", "voicerun"])
+async def test_a_frame_sent_before_the_answer_to_the_start_message_is_served_and_reported(tmp_path, dialect):
+    """SM-CLIENT-004, VR-CLIENT-004: audio sent right after StartRecognition (session.update), before the session
+    has started. stt serves it once the session has started; the report says the client did not wait."""
+    engine = GatedEngine()
+    start, audio, started = {
+        "speechmatics": (start_message(), silence(0.1), "RecognitionStarted"),
+        "voicerun": (json.dumps({"type": "session.update", "session": {"model": "nova-3", "provider": "DEEPGRAM"}}),
+                     append(silence(0.1)), "session.updated"),
+    }[dialect]
+    async with session_pair(engine=engine, path=PATHS[dialect], conformance_dir=tmp_path,
+                            limits=SessionLimits(close_grace=0.1)) as (server, ws):
+        with trio.fail_after(10):
+            await ws.send_message(start)
+            await ws.send_message(audio)  # without waiting
+            await trio.sleep(0.1)  # it has arrived; the recognizer is still opening
+            engine.gate.set()
+            got = []
+            while started not in got:
+                message = json.loads(await ws.get_message())
+                got.append(message.get("message") or message["type"])
+            if dialect == "speechmatics":
+                while "AudioAdded" not in got:  # the early frame is served
+                    got.append(json.loads(await ws.get_message())["message"])
+                await ws.send_message(json.dumps({"message": "EndOfStream", "last_seq_no": 1}))
+            else:
+                await ws.send_message('{"type":"session.close"}')
+            with pytest.raises(ConnectionClosed):
+                while True:
+                    await ws.get_message()
+        report, records = await written_report(tmp_path)
+    rule = {"speechmatics": "SM-CLIENT-004", "voicerun": "VR-CLIENT-004"}[dialect]
+    early = [r["n"] for r in ins(records) if r.get("early")]
+    assert len(early) == 1 and ins(records)[1]["n"] == early[0]  # the frame after the start message
+    assert failed(report) == {rule: tuple(early)}
