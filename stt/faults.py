@@ -46,7 +46,7 @@ class FaultError(ValueError):
 
 
 def injected_close(code: int) -> Rule:
-    return Rule(f"FAULT-CLOSE-{code}", f"The server closes with {code} when the fault plan says so.",
+    return Rule("FAULT-CLOSE", f"The server closes with {code} when the fault plan says so.",
                 f"closed with {code} (injected fault)", close=code)
 
 

@@ -25,7 +25,7 @@ def test_a_plan_parses_into_triggers_at_audio_times_and_whole_session_faults():
     plan = parse_faults("drop@2s, close=4005@1500ms, error=quota_exceeded, delay=500ms, ack-delay=20ms, "
                         "stall=2s@3s, duplicate-partials, reorder-partials, idle=5s", CHARTS["speechmatics"])
     assert [(t.rule.id, t.rule.close, t.at) for t in plan.triggers] == [
-        ("FAULT-DROP", 1006, 2.0), ("FAULT-CLOSE-4005", 4005, 1.5), ("SM-LIMIT-001", 4005, None)]
+        ("FAULT-DROP", 1006, 2.0), ("FAULT-CLOSE", 4005, 1.5), ("SM-LIMIT-001", 4005, None)]
     assert (plan.delay, plan.ack_delay, plan.stall_at, plan.stall_for, plan.idle_timeout) == (0.5, 0.02, 3.0, 2.0, 5.0)
     assert plan.duplicate_partials and plan.reorder_partials and plan
     assert not parse_faults("  ", CHARTS["speechmatics"])

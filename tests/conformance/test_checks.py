@@ -586,7 +586,7 @@ ENDED_BY_SERVER = {  # id: (dialect, server options, headers, client, close code
     "max-session-seconds": ("speechmatics", {"limits": SessionLimits(max_session_seconds=0.4)}, (),
                             speechmatics_until_closed, 4006, "session_timeout", "SM-LIMIT-002"),
     "fault-close": ("yourvoic", {}, [("x-stt-fault", "close=4005@0.3s")], stream_until_closed, 4005, "fault",
-                    "FAULT-CLOSE-4005"),
+                    "FAULT-CLOSE"),
     "fault-drop": ("voicerun", {}, [("x-stt-fault", "drop@0.3s")], voicerun_until_closed, 1006, "fault",
                    "FAULT-DROP"),
 }
