@@ -1,4 +1,5 @@
-"""The `stt` command: `stt serve` runs the server, `stt diagrams` regenerates docs/ from statecharts/."""
+"""The `stt` command: `stt serve` runs the server, `stt diagrams` regenerates docs/ from statecharts/, `stt conform`,
+`stt report` and `stt replay` are the conformance kit (stt.conformance)."""
 
 from __future__ import annotations
 
