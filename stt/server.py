@@ -24,6 +24,7 @@ import attrs
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketRequest
+from wsproto.utilities import LocalProtocolError
 
 from stt.admin import open_admin
 from stt.conformance.checks import write_client_report
@@ -330,20 +331,59 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
             listeners = await open_tcp_listeners(config.host, config.port, reuse_port=config.reuse_port)
             if ssl_context is not None:
                 listeners = [trio.SSLListener(listener, ssl_context, https_compatible=True) for listener in listeners]
-            websocket_server = trio_websocket.WebSocketServer(
-                server.handle, listeners, handler_nursery=nursery, max_message_size=config.limits.max_message_bytes)
             server._accepting = trio.CancelScope()
+            serve_stream = functools.partial(_serve_stream, server.handle, config.limits.max_message_bytes)
 
             async def accept(task_status=trio.TASK_STATUS_IGNORED) -> None:
-                with server._accepting:
-                    await websocket_server.run(task_status=task_status)
+                with server._accepting:  # trio.serve_listeners closes the listeners on its way out
+                    await trio.serve_listeners(serve_stream, listeners, handler_nursery=nursery,
+                                               task_status=task_status)
 
             await nursery.start(accept)
-            server.port = websocket_server.listeners[0].port
+            server.port = _port(listeners[0])
             url = f"{'wss' if ssl_context else 'ws'}://{config.host}:{server.port}"
             log.info("stt listening on %s (engine %s)", url, engine.name, extra={"url": url, "engine": engine.name})
             yield server
             nursery.cancel_scope.cancel()
+
+
+#: Seconds a client has to send its HTTP upgrade request, and a closing connection to finish its close handshake
+#: (trio-websocket's defaults).
+HANDSHAKE_TIMEOUT = 60.0
+CLOSE_TIMEOUT = 60.0
+
+
+async def _serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream) -> None:
+    """One TCP (or TLS) connection: the WebSocket handshake, then `handle(request)`. What
+    trio_websocket.WebSocketServer does per connection, with two differences (trio-websocket 0.12, its issue
+    #184): a failure in the connection's own reader task (wsproto refusing to answer a ping or an oversized frame
+    once the server has begun to close) ends this connection, not the server; and the reader task is cancelled
+    once the connection is done, where trio-websocket may leave it waiting forever to deliver a message that
+    nobody will read (a client that went away while the server was closing)."""
+    try:
+        async with trio.open_nursery() as nursery:
+            request = None
+            with trio.move_on_after(HANDSHAKE_TIMEOUT):
+                request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=max_message_bytes)
+            if request is not None:
+                try:
+                    await handle(request)  # which never raises: a session's failure ends that session
+                finally:
+                    with trio.move_on_after(CLOSE_TIMEOUT):  # the session has closed it, unless it was cancelled
+                        await request._connection.aclose()
+            nursery.cancel_scope.cancel()
+    except* LocalProtocolError as group:
+        log.info("connection ended by the WebSocket library: %s", group.exceptions[0])
+    except* Exception:
+        log.exception("connection failed")
+    finally:
+        await trio.aclose_forcefully(stream)
+
+
+def _port(listener) -> int:
+    """The port a listener (a SocketListener, or an SSLListener around one) is bound to."""
+    listener = getattr(listener, "transport_listener", listener)
+    return listener.socket.getsockname()[1]
 
 
 async def open_tcp_listeners(host: str | None, port: int, *, reuse_port: bool = False) -> list[trio.SocketListener]:

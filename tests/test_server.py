@@ -10,7 +10,7 @@ import wave
 import numpy as np
 import pytest
 import trio
-from trio_websocket import ConnectionRejected, open_websocket_url
+from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
 from stt.session import SessionLimits
 from tests.helpers import connect, encode_audio, frames_of, kinds, receive_all, running_server, silence, start_message, wait_until
@@ -324,3 +324,40 @@ async def test_a_dropped_connection_mid_file_leaves_no_decoder_thread():
         await wait_until(lambda: not server.sessions)
         await wait_until(lambda: not decoder_threads())
         assert server.endings[("speechmatics", "dropped", "LC-END-002")] == 1
+
+
+async def served(server) -> None:
+    async with connect(server) as ws:
+        await ws.send_message(start_message())
+        head, _ = await receive_all(ws, until="Info")
+        assert kinds(head) == ["RecognitionStarted", "Info"]
+
+
+@pytest.mark.parametrize("frames", [
+    ['{"action":"start"}', '{"action":"stop"}', "ping"],  # a ping while the server closes (Scriptix)
+    ["{not json", b"\0" * (64 * 1024 + 1)],  # a frame over the limit while it closes after an error
+], ids=["ping", "oversized"])
+async def test_a_client_that_keeps_sending_while_the_server_closes_ends_only_its_own_connection(frames, caplog):
+    """trio-websocket 0.12 (its issue #184) lets wsproto's refusal to answer a frame once the server has begun to
+    close escape into the server's nursery: found by tests/test_fuzz.py, where it stopped the server."""
+    async with running_server(limits=SessionLimits(max_message_bytes=64 * 1024)) as server:
+        for _ in range(3):
+            path = "/v2/realtime" if frames[0].startswith('{"action"') else "/v2"
+            async with open_websocket_url(f"ws://127.0.0.1:{server.port}{path}") as ws:
+                try:
+                    for frame in frames:
+                        if frame == "ping":  # once the server has said its last word and is closing
+                            while json.loads(await ws.get_message()) != {"state": "stopped"}:
+                                pass
+                            with trio.move_on_after(1):  # the pong may never come
+                                await ws.ping()
+                        else:
+                            await ws.send_message(frame)
+                    with trio.fail_after(5):
+                        while True:
+                            await ws.get_message()
+                except ConnectionClosed:
+                    pass
+        await served(server)  # the server goes on
+        await wait_until(lambda: server.connections.open == 0)
+    assert not [r for r in caplog.records if r.levelname == "ERROR"]
