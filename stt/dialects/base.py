@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+import json
+from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
@@ -37,6 +38,17 @@ class Handshake:
         auth = self.headers.get("authorization", "")
         scheme, _, token = auth.partition(" ")
         return token.strip() or None if scheme.lower() == "bearer" else None
+
+
+def parse_json(text: str) -> Any:
+    """A client's JSON text, or ValueError whose message says briefly what is wrong: also for what `json` does
+    not report as a JSON error (nesting too deep for the parser, an integer of more than 4300 digits)."""
+    try:
+        return json.loads(text)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except ValueError as exc:
+        raise ValueError(getattr(exc, "msg", None) or str(exc)) from None
 
 
 class RuleBroken(ValueError):

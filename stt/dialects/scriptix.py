@@ -52,7 +52,7 @@ import re
 import uuid
 from typing import Any
 
-from stt.dialects.base import Handshake, RuleBroken, refused
+from stt.dialects.base import Handshake, RuleBroken, parse_json, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -159,9 +159,9 @@ class ScriptixDialect:
                 return [self._violation("SX-STREAM-002", f"{len(frame)} bytes")]
             return refused(self.machine.fire("audio")) or ([Audio(bytes(frame))] if frame else [])
         try:
-            msg = json.loads(frame)
+            msg = parse_json(frame)
         except ValueError as exc:
-            return [self._violation("SX-MSG-001", f"not JSON ({exc.msg})")]
+            return [self._violation("SX-MSG-001", f"not JSON ({exc})")]
         if not isinstance(msg, dict) or not isinstance(msg.get("action"), str):
             return [self._violation("SX-MSG-001", 'no "action"')]
         action = msg["action"]

@@ -14,7 +14,7 @@ import uuid
 from typing import Any
 
 from stt import __version__
-from stt.dialects.base import Handshake, RuleBroken, refused
+from stt.dialects.base import Handshake, RuleBroken, parse_json, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -100,9 +100,9 @@ class SpeechmaticsDialect:
         if isinstance(frame, (bytes, bytearray)):
             return refused(self.machine.fire("AddAudio")) or [Audio(bytes(frame))]
         try:
-            msg = json.loads(frame)
+            msg = parse_json(frame)
         except ValueError as exc:
-            return [self._violation("SM-MSG-001", f"not JSON ({exc.msg})")]
+            return [self._violation("SM-MSG-001", f"not JSON ({exc})")]
         if not isinstance(msg, dict) or not isinstance(msg.get("message"), str):
             return [self._violation("SM-MSG-001", 'no "message" field')]
         name = msg["message"]

@@ -49,7 +49,7 @@ import numpy as np
 from stt.audio import RawReader
 from stt.audio.pcm import RAW_ENCODINGS, raw_encoding
 from stt.audio.wav import WavReader
-from stt.dialects.base import Handshake, HandshakeRefused, refused
+from stt.dialects.base import Handshake, HandshakeRefused, parse_json, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -454,7 +454,7 @@ def _value(tag: str, raw: str | None) -> Any:
         raise _refuse(tag, f"{raw!r} is not one of {', '.join(choices)}")
     if kind == "scrubconf":
         try:
-            rules = json.loads(value)
+            rules = parse_json(value)
         except ValueError as exc:
             raise _refuse(tag, f"not JSON ({exc})") from None
         return _scrub_rules(rules, tag)

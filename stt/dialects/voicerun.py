@@ -31,7 +31,7 @@ from typing import Any
 
 import attrs
 
-from stt.dialects.base import Handshake, RuleBroken
+from stt.dialects.base import Handshake, RuleBroken, parse_json
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -143,9 +143,9 @@ class VoiceRunDialect:
         if isinstance(frame, (bytes, bytearray)):
             return [self._violation("VR-MSG-004", f"a binary frame of {len(frame)} bytes")]
         try:
-            msg = json.loads(frame)
+            msg = parse_json(frame)
         except ValueError as exc:
-            return [self._violation("VR-MSG-001", f"not JSON ({exc.msg})")]
+            return [self._violation("VR-MSG-001", f"not JSON ({exc})")]
         if not isinstance(msg, dict):
             return [self._violation("VR-MSG-001", f"a JSON {type(msg).__name__}, not an object")]
         kind = msg.get("type")

@@ -21,7 +21,7 @@ import json
 import re
 from typing import Any
 
-from stt.dialects.base import Handshake, RuleBroken, refused
+from stt.dialects.base import Handshake, RuleBroken, parse_json, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -120,9 +120,9 @@ class YourVoicDialect:
         if isinstance(frame, (bytes, bytearray)):
             return refused(self.machine.fire("audio")) or [Audio(bytes(frame))]
         try:
-            msg = json.loads(frame)
+            msg = parse_json(frame)
         except ValueError as exc:
-            return [self._violation("YV-MSG-001", f"not JSON ({exc.msg})")]
+            return [self._violation("YV-MSG-001", f"not JSON ({exc})")]
         if not isinstance(msg, dict) or not isinstance(msg.get("type"), str):
             return [self._violation("YV-MSG-001", 'no "type" field')]
         if msg["type"] != "close":
