@@ -30,15 +30,24 @@ class FetchError(Exception):
     """The audio URL cannot be read; the message says why, for the client."""
 
 
+#: What httpx raises for a request that fails, a URL it cannot parse included (InvalidURL is no HTTPError).
+_HTTP_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
+
+
 async def check_url(url: str, *, allow_private: bool = False) -> None:
     """Refuse what is not http(s), and (unless allow_private) hosts that resolve to non-public addresses."""
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # a port out of range raises here
+        httpx.URL(url)
+    except (ValueError, httpx.InvalidURL) as exc:
+        raise FetchError(f"the stream URL {url!r} is not a valid URL: {exc}") from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise FetchError(f"the stream URL must be http or https with a host, not {url!r}")
     if allow_private:
         return
     try:
-        infos = await trio.socket.getaddrinfo(parts.hostname, parts.port or (443 if parts.scheme == "https" else 80))
+        infos = await trio.socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80))
     except OSError as exc:
         raise FetchError(f"cannot resolve {parts.hostname}: {exc}") from None
     for *_, sockaddr in infos:
@@ -103,7 +112,7 @@ async def stream_url(url: str, *, allow_private: bool = False, timeout: float = 
                     async for chunk in chunks:
                         yield chunk
                     return
-        except httpx.HTTPError as exc:
+        except _HTTP_ERRORS as exc:
             raise FetchError(f"cannot read the stream URL: {type(exc).__name__}: {exc}") from None
         async for chunk in _stream_playlist(client, str(response.url), playlist, max_playlist_polls):
             yield chunk
@@ -131,7 +140,7 @@ async def _stream_playlist(client: httpx.AsyncClient, url: str, text: str,
                         raise FetchError(f"a playlist segment answered HTTP {response.status_code}")
                     async for chunk in response.aiter_bytes(CHUNK_BYTES):
                         yield chunk
-            except httpx.HTTPError as exc:
+            except _HTTP_ERRORS as exc:
                 raise FetchError(f"cannot read a playlist segment: {type(exc).__name__}: {exc}") from None
         polls += 1
         if ended or polls > max_polls:
@@ -150,7 +159,7 @@ async def _get_text(client: httpx.AsyncClient, url: str) -> str:
                 body += chunk
                 if len(body) > MAX_PLAYLIST_BYTES:
                     raise FetchError("the playlist is too large")
-    except httpx.HTTPError as exc:
+    except _HTTP_ERRORS as exc:
         raise FetchError(f"cannot read the playlist: {type(exc).__name__}: {exc}") from None
     return body.decode("utf-8", "replace")
 

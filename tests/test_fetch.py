@@ -3,6 +3,7 @@ of AAC segments made from real speech, a master playlist, a live playlist, failu
 private addresses unless allowed."""
 
 import wave
+from contextlib import aclosing
 
 import numpy as np
 import pytest
@@ -77,6 +78,16 @@ async def test_private_addresses_are_refused_unless_allowed(url):
 async def test_only_http_urls_with_a_host(url):
     with pytest.raises(FetchError, match="must be http or https"):
         await check_url(url, allow_private=True)
+
+
+@pytest.mark.parametrize("url", ["\x1f", "http://127.0.0.1:65536/a.wav", "http://[::1/a.wav"])
+async def test_a_url_that_does_not_parse_is_a_fetch_error_not_a_crash(url):
+    with pytest.raises(FetchError, match="not a valid URL"):
+        await check_url(url, allow_private=True)
+    with pytest.raises(FetchError):
+        async with aclosing(stream_url(url, allow_private=True)) as chunks:
+            async for _ in chunks:
+                pass
 
 
 async def test_a_refused_redirect_target_is_refused(served):
