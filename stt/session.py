@@ -383,6 +383,13 @@ class Session:
         else:
             raise TypeError(f"unexpected event {event!r}")
 
+    def _started(self) -> None:
+        """The session has started, and the dialect knows it (it has rendered SessionStarted): the reader reads
+        on, and a frame that comes from now on is read in the dialect's next state, never in the one before."""
+        self._ready.set()
+        if self._peeking is not None:
+            self._peeking.cancel()
+
     async def _note_early_frame(self) -> None:
         """Conformance mode: a frame that arrives before the session has started (before RecognitionStarted,
         session.updated or listening has even been written) is one the client sent without waiting for it. stt
@@ -412,10 +419,7 @@ class Session:
                     stream = ChannelStreams(self.engine, settings, stack)
                     await stream.open(1)
                     self.lifecycle.advance("ready")
-                    await self._out_send.send(SessionStarted(self.id, config))
-                    self._ready.set()
-                    if self._peeking is not None:
-                        self._peeking.cancel()
+                    await self._out_send.send(SessionStarted(self.id, config))  # the writer then sets _ready
                     await self._decode(stream, decoder)
         except BadAudio as exc:
             self._end("bad_audio", str(exc))
@@ -506,6 +510,8 @@ class Session:
                         frames = self._fault_frames(item)
                     else:
                         frames = item.frames if isinstance(item, Reply) else self.dialect.render(item)
+                    if isinstance(item, SessionStarted):
+                        self._started()  # the dialect has moved on (RecognitionStarted, ...): read on
                     if self.faults:
                         frames = await self._faulted(item, frames)
                         if self.ending is not None:
