@@ -14,6 +14,11 @@ A client that sends faster than the engine decodes fills the audio channel, the 
 TCP pushes back: nothing is buffered without bound. A client that does not read fills the result channel
 the same way. Every way a session ends is one call to `_end`, with an ending name (stt.statechart.ENDINGS)
 or a broken rule; `_close` then maps it, in this one place, to the dialect's error frame and close code.
+
+Two optional parts, for testing clients: a logbook (stt.conformance.logbook, `stt serve --conformance`) gets
+every frame in and out with the dialect's state after it, and how the session ended; a fault plan (stt.faults)
+makes the session misbehave on request (drop, close, a vendor error, late or stalled results) at given
+seconds of audio.
 """
 
 from __future__ import annotations
