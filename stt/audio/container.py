@@ -22,6 +22,7 @@ import av
 import numpy as np
 
 from stt.audio.errors import BadAudio
+from stt.audio.pcm import SAMPLE_RATE_RANGE
 
 log = logging.getLogger("stt.audio")
 
@@ -191,6 +192,9 @@ class ContainerReader:
     def _emit(self, frame: av.AudioFrame, feed: _Feed | None, collected: list) -> None:
         samples = frame_samples(frame)
         if self.sample_rate is None:
+            if not SAMPLE_RATE_RANGE[0] <= frame.sample_rate <= SAMPLE_RATE_RANGE[1]:
+                raise BadAudio(f"the stream is at {frame.sample_rate} Hz (rates from {SAMPLE_RATE_RANGE[0]} to "
+                               f"{SAMPLE_RATE_RANGE[1]} Hz are supported)")
             self.sample_rate, self.channels = frame.sample_rate, samples.shape[1]
         elif (frame.sample_rate, samples.shape[1]) != (self.sample_rate, self.channels):
             raise BadAudio(f"the stream changes from {self.channels} channels at {self.sample_rate} Hz to "

@@ -9,6 +9,10 @@ from __future__ import annotations
 import attrs
 import numpy as np
 
+#: The sample rates stt decodes (Hz): a header or a container that says otherwise is bad audio. Far below, a
+#: little audio would resample into a great deal (16 000 bytes of 8-bit WAV at 1 Hz are 4.4 hours at 16 kHz).
+SAMPLE_RATE_RANGE = (4000, 192000)
+
 
 def _mulaw_table() -> np.ndarray:
     """G.711 µ-law byte -> linear int16 (ITU-T G.711, as in Sun's g711.c ulaw2linear)."""
@@ -94,4 +98,4 @@ def raw_encoding(kind: str, width: int, big_endian: bool = False) -> RawEncoding
     return None
 
 
-__all__ = ["ALAW_TO_LINEAR", "MULAW_TO_LINEAR", "RAW_ENCODINGS", "RawEncoding", "raw_encoding"]
+__all__ = ["ALAW_TO_LINEAR", "MULAW_TO_LINEAR", "RAW_ENCODINGS", "SAMPLE_RATE_RANGE", "RawEncoding", "raw_encoding"]

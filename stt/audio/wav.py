@@ -13,7 +13,7 @@ import struct
 import numpy as np
 
 from stt.audio.errors import BadAudio
-from stt.audio.pcm import RawEncoding, raw_encoding
+from stt.audio.pcm import SAMPLE_RATE_RANGE, RawEncoding, raw_encoding
 
 _PCM, _FLOAT, _ALAW, _MULAW, _EXTENSIBLE = 0x0001, 0x0003, 0x0006, 0x0007, 0xFFFE
 _MAX_HEADER = 1 << 20  # bytes of chunks before `data` we are willing to hold (cover art, long LIST chunks)
@@ -91,8 +91,9 @@ class WavReader:
         encoding = raw_encoding(kind, width, self._big)
         if encoding is None:
             raise BadAudio(f"WAV with {bits}-bit {kind} samples is not supported")
-        if channels < 1 or rate < 1:
-            raise BadAudio(f"WAV header says {channels} channels at {rate} Hz")
+        if channels < 1 or not SAMPLE_RATE_RANGE[0] <= rate <= SAMPLE_RATE_RANGE[1]:
+            raise BadAudio(f"WAV header says {channels} channels at {rate} Hz (rates from {SAMPLE_RATE_RANGE[0]} to "
+                           f"{SAMPLE_RATE_RANGE[1]} Hz are supported)")
         if block_align not in (0, width * channels):
             raise BadAudio(f"WAV block alignment {block_align} does not match {channels} x {bits}-bit samples")
         self.encoding, self.channels, self.sample_rate = encoding, channels, rate

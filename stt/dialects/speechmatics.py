@@ -14,6 +14,7 @@ import uuid
 from typing import Any
 
 from stt import __version__
+from stt.audio.pcm import SAMPLE_RATE_RANGE
 from stt.dialects.base import Handshake, RuleBroken, parse_json, refused
 from stt.events import (
     Audio,
@@ -40,7 +41,6 @@ LANGUAGES = {"en": "English"}
 
 MAX_DELAY_RANGE = (0.7, 4.0)
 DEFAULT_MAX_DELAY = 4.0
-SAMPLE_RATE_RANGE = (4000, 192000)
 FORMAT = "2.1"
 
 _ENUMS = {

@@ -319,6 +319,8 @@ def _refusals():
         "block-align": (riff(fmt(_PCM, 2, 16, block_align=2), data16), "block alignment 2"),
         "zero-channels": (riff(fmt(_PCM, 0, 16, block_align=0), data16), "0 channels"),
         "zero-rate": (riff(fmt(_PCM, 1, 16, rate=0), data16), "at 0 Hz"),
+        "1-hz": (riff(fmt(_PCM, 1, 8, rate=1, block_align=1), data16), "at 1 Hz \\(rates from 4000 to 192000"),
+        "over-192-khz": (riff(fmt(_PCM, 1, 16, rate=384000), data16), "at 384000 Hz"),
         "fmt-too-short": (riff(chunk(b"fmt ", struct.pack("<HHII", 1, 1, RATE, 2 * RATE)), data16), "too short"),
         "huge-chunk-before-data": (riff(FMT16, chunk(b"LIST", b"", size=4 << 20)), "too large"),
     }
