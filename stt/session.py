@@ -545,7 +545,10 @@ class Session:
             if sending.cancelled_caught:
                 self._end("dropped", f"the client read nothing for {self.limits.send_timeout:g} s")
         finally:
-            self._greeted.set()  # however the writer ends, the session must not wait on the greeting
+            # However the writer ends (a client gone mid-frame), the session must not wait on the greeting, nor
+            # the reader on a start it would have sent: reading on, the reader sees how the connection ended.
+            self._greeted.set()
+            self._started()
 
     # --- injected faults (stt.faults) -----------------------------------------------------------------------
 
@@ -584,9 +587,13 @@ class Session:
         return frames
 
     async def _fault_wait(self, seconds: float) -> None:
-        """Wait, as a fault asks, until the session ends at the latest."""
+        """Wait, as a fault asks, until the session ends or the connection closes at the latest (the reader may
+        not be reading: before the session has started, only the connection says that the client has gone)."""
         with trio.move_on_after(seconds):
-            await self._ended.wait()
+            while self.ws.closed is None:
+                with trio.move_on_after(0.1):
+                    await self._ended.wait()
+                    return
 
     @property
     def audio_seconds(self) -> float:

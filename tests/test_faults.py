@@ -274,3 +274,20 @@ async def test_the_servers_plan_applies_unless_a_connection_brings_its_own():
             await send_audio(ws, 0.2)
             messages, code = await messages_until_closed(ws)
         assert messages[-1]["message"] == "EndOfTranscript"
+
+
+@pytest.mark.parametrize("path", ["/ws", "/v2/client/tok?url=http%3A%2F%2F127.0.0.1%3A9%2Fa.wav"],
+                         ids=["voicerun", "scriptix-stream"])
+async def test_a_client_that_leaves_while_its_greeting_is_stalled_ends_its_session(path):
+    """The greeting (session.created, {"state":"loading"}) held back by a stall: the client gives up and closes.
+    The stall ends with the connection, and the session with it, instead of waiting for a reader that has
+    not started (found by the fuzzing suite: a client gone during the greeting left its session running)."""
+    async with quick_server() as server:
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}{path}",
+                                      extra_headers=[("x-stt-fault", "stall")]) as ws:
+            with trio.move_on_after(0.3):
+                await ws.get_message()
+                pytest.fail("the greeting came through the stall")
+        with trio.fail_after(3):
+            while server.sessions or server.connections.open:
+                await trio.sleep(0.02)
