@@ -24,6 +24,8 @@ import attrs
 import trio
 import trio_websocket
 from trio_websocket import ConnectionClosed, WebSocketRequest
+from wsproto import ConnectionType, WSConnection
+from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
 from stt.admin import open_admin
@@ -353,18 +355,42 @@ HANDSHAKE_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 60.0
 
 
+class _ServerConnection(trio_websocket.WebSocketConnection):
+    """trio-websocket's connection, less what makes wsproto raise once the server has sent its close frame
+    (trio-websocket 0.12, its issue #184): a ping is answered only while the connection is open, and a message
+    over the size limit that arrives after the close frame is dropped, not answered with a second close."""
+
+    async def _handle_ping_event(self, event) -> None:
+        if self._wsproto.state == ConnectionState.OPEN:
+            await super()._handle_ping_event(event)
+
+    async def _handle_message_event(self, event) -> None:
+        if self._wsproto.state != ConnectionState.OPEN:
+            self._message_size, self._message_parts = 0, []  # the session is over: nothing reads it
+            return
+        await super()._handle_message_event(event)
+
+
+async def _accept_stream(nursery: trio.Nursery, stream: trio.abc.Stream, max_message_bytes: int):
+    """trio_websocket.wrap_server_stream, with _ServerConnection."""
+    connection = _ServerConnection(stream, WSConnection(ConnectionType.SERVER), max_message_size=max_message_bytes)
+    nursery.start_soon(connection._reader_task)
+    return await connection._get_request()
+
+
 async def _serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream) -> None:
     """One TCP (or TLS) connection: the WebSocket handshake, then `handle(request)`. What
     trio_websocket.WebSocketServer does per connection, with two differences (trio-websocket 0.12, its issue
-    #184): a failure in the connection's own reader task (wsproto refusing to answer a ping or an oversized frame
-    once the server has begun to close) ends this connection, not the server; and the reader task is cancelled
-    once the connection is done, where trio-websocket may leave it waiting forever to deliver a message that
-    nobody will read (a client that went away while the server was closing)."""
+    #184): a failure in the connection's own reader task ends this connection, not the server (wsproto refused
+    to answer a ping or an oversized frame once the server had begun to close, which _ServerConnection now
+    avoids); and the reader task is cancelled once the connection is done, where trio-websocket may leave it
+    waiting forever to deliver a message that nobody will read (a client that went away while the server was
+    closing)."""
     try:
         async with trio.open_nursery() as nursery:
             request = None
             with trio.move_on_after(HANDSHAKE_TIMEOUT):
-                request = await trio_websocket.wrap_server_stream(nursery, stream, max_message_size=max_message_bytes)
+                request = await _accept_stream(nursery, stream, max_message_bytes)
             if request is not None:
                 try:
                     await handle(request)  # which never raises: a session's failure ends that session

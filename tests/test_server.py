@@ -333,13 +333,14 @@ async def served(server) -> None:
         assert kinds(head) == ["RecognitionStarted", "Info"]
 
 
-@pytest.mark.parametrize("frames", [
-    ['{"action":"start"}', '{"action":"stop"}', "ping"],  # a ping while the server closes (Scriptix)
-    ["{not json", b"\0" * (64 * 1024 + 1)],  # a frame over the limit while it closes after an error
+@pytest.mark.parametrize("frames, code", [
+    (['{"action":"start"}', '{"action":"stop"}', "ping"], 1000),  # a ping while the server closes (Scriptix)
+    (["{not json", b"\0" * (64 * 1024 + 1)], 1003),  # a frame over the limit while it closes after an error
 ], ids=["ping", "oversized"])
-async def test_a_client_that_keeps_sending_while_the_server_closes_ends_only_its_own_connection(frames, caplog):
-    """trio-websocket 0.12 (its issue #184) lets wsproto's refusal to answer a frame once the server has begun to
-    close escape into the server's nursery: found by tests/test_fuzz.py, where it stopped the server."""
+async def test_a_client_that_keeps_sending_while_the_server_closes_gets_its_close(frames, code, caplog):
+    """trio-websocket 0.12 (its issue #184) answers a ping or an oversized frame even after the server's close
+    frame, which wsproto refuses: the error stopped the server (found by tests/test_fuzz.py), then, caught,
+    dropped the connection; stt.server's connection does not answer them once it has closed."""
     async with running_server(limits=SessionLimits(max_message_bytes=64 * 1024)) as server:
         for _ in range(3):
             path = "/v2/realtime" if frames[0].startswith('{"action"') else "/v2"
@@ -358,6 +359,7 @@ async def test_a_client_that_keeps_sending_while_the_server_closes_ends_only_its
                             await ws.get_message()
                 except ConnectionClosed:
                     pass
+            assert ws.closed.code == code  # the chart's close, not a dropped connection (1006)
         await served(server)  # the server goes on
         await wait_until(lambda: server.connections.open == 0)
     assert not [r for r in caplog.records if r.levelname == "ERROR"]
