@@ -353,6 +353,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
 #: (trio-websocket's defaults).
 HANDSHAKE_TIMEOUT = 60.0
 CLOSE_TIMEOUT = 60.0
+LINGER_TIMEOUT = 2.0  # seconds to read what a client still sends after the close, before the socket closes
 
 
 class _ServerConnection(trio_websocket.WebSocketConnection):
@@ -403,7 +404,25 @@ async def _serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream)
     except* Exception:
         log.exception("connection failed")
     finally:
-        await trio.aclose_forcefully(stream)
+        try:
+            await _linger(stream)
+        finally:
+            await trio.aclose_forcefully(stream)
+
+
+async def _linger(stream: trio.abc.Stream) -> None:
+    """Before closing: say that nothing more comes (TCP FIN), and read what the client still sends until it
+    closes too, for a short while. A socket closed with unread data sends a reset instead, which can make the
+    client lose the close frame it was sent (a frame over the size limit is closed with 1009 while the rest of
+    it is still arriving) and see 1006."""
+    with trio.move_on_after(LINGER_TIMEOUT):
+        try:
+            if isinstance(stream, trio.abc.HalfCloseableStream):
+                await stream.send_eof()
+            while await stream.receive_some(1 << 16):
+                pass
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
+            pass  # already closed (the close handshake did it), or gone
 
 
 def _port(listener) -> int:
