@@ -359,7 +359,12 @@ LINGER_TIMEOUT = 2.0  # seconds to read what a client still sends after the clos
 class _ServerConnection(trio_websocket.WebSocketConnection):
     """trio-websocket's connection, less what makes wsproto raise once the server has sent its close frame
     (trio-websocket 0.12, its issue #184): a ping is answered only while the connection is open, and a message
-    over the size limit that arrives after the close frame is dropped, not answered with a second close."""
+    over the size limit that arrives after the close frame is dropped, not answered with a second close. And it
+    leaves the socket open after the close handshake: _serve_stream closes it, gently (_linger), once the
+    connection's tasks are done."""
+
+    async def _close_stream(self) -> None:
+        self._reader_running = False  # what trio-websocket's own does, before it closes the socket at once
 
     async def _handle_ping_event(self, event) -> None:
         if self._wsproto.state == ConnectionState.OPEN:
@@ -414,7 +419,7 @@ async def _linger(stream: trio.abc.Stream) -> None:
     """Before closing: say that nothing more comes (TCP FIN), and read what the client still sends until it
     closes too, for a short while. A socket closed with unread data sends a reset instead, which can make the
     client lose the close frame it was sent (a frame over the size limit is closed with 1009 while the rest of
-    it is still arriving) and see 1006."""
+    it is still arriving, or the client sends on while the close handshake completes) and see 1006."""
     with trio.move_on_after(LINGER_TIMEOUT):
         try:
             if isinstance(stream, trio.abc.HalfCloseableStream):
