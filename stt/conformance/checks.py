@@ -180,7 +180,7 @@ def client_rule_ids(chart: Chart, dialect=None) -> list[str]:
         if rule_id.startswith("LC-") and rule_id not in used_endings:
             continue  # a lifecycle ending the dialect names its own rule for
         ids.append(rule_id)
-    return ids
+    return sorted(ids, key=lambda rule_id: rule_id.startswith("LC-"))  # the dialect's own first, in chart order
 
 
 def evaluate(records: list[dict], *, created: str | None = None) -> Report:
