@@ -96,14 +96,19 @@ async def test_the_exit_status_is_0_when_the_server_closes_as_recorded_and_1_whe
     assert warnings[-1] == "replay: the server closed with 1000; the logbook says 1003 (client_error SM-ORDER-001)"
 
 
-async def test_a_broken_rule_is_reproduced_error_frame_and_close_code_included():
-    recorded = logbook(first=FRAME, close={"code": 1003, "ending": "client_error", "rule": "SM-ORDER-001",
-                                           "detail": "AddAudio in awaiting_start"})
+async def replayed(recorded: list[dict], speed: float = 0) -> tuple[int, list[str]]:
+    """The exit status of replaying `recorded` to a fresh server, and the lines it printed."""
     lines = []
     async with server() as srv:
         with trio.fail_after(10):
-            status = await replay_and_compare(recorded, f"ws://127.0.0.1:{srv.port}", speed=0, out=lines.append,
-                                              warn=[].append)
+            status = await replay_and_compare(recorded, f"ws://127.0.0.1:{srv.port}", speed=speed,
+                                              out=lines.append, warn=[].append)
+    return status, lines
+
+
+async def test_a_broken_rule_is_reproduced_error_frame_and_close_code_included():
+    status, lines = await replayed(logbook(first=FRAME, close={
+        "code": 1003, "ending": "client_error", "rule": "SM-ORDER-001", "detail": "AddAudio in awaiting_start"}))
     assert status == 0
     assert messages(lines) == ["Error"]
     assert "closed 1003" in lines[-1]
@@ -112,11 +117,7 @@ async def test_a_broken_rule_is_reproduced_error_frame_and_close_code_included()
 async def test_the_recorded_sessions_fault_plan_is_asked_for_again():
     recorded = logbook(close={"code": 4005, "ending": "fault", "rule": "SM-LIMIT-001", "detail": ""})
     recorded[0]["faults"] = "error=quota_exceeded"
-    lines = []
-    async with server() as srv:
-        with trio.fail_after(10):
-            status = await replay_and_compare(recorded, f"ws://127.0.0.1:{srv.port}", speed=0, out=lines.append,
-                                              warn=[].append)
+    status, lines = await replayed(recorded)
     assert status == 0 and messages(lines) == ["Error"] and "closed 4005" in lines[-1]
 
 
