@@ -427,7 +427,7 @@ async def _linger(stream: trio.abc.Stream) -> None:
             while await stream.receive_some(1 << 16):
                 pass
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio.BusyResourceError):
-            pass  # already closed (the close handshake did it), or gone
+            pass  # closed already (an injected drop), or the client is gone
 
 
 def _port(listener) -> int:
