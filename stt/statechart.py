@@ -302,21 +302,28 @@ def parse_chart(data: Any, where: str = "<chart>") -> Chart:
         raise fail(f"events.{both}", "is both a client and a server event")
     all_events = {**client_events, **server_events}
 
+    def rule_bodies(section: str, value: Any, allowed: set[str], texts: tuple[str, ...], example: str):
+        """(key, rule id, body) for each rule of a section (rules, client_rules), its id, its keys and its
+        texts (`texts`) checked."""
+        if not isinstance(value, dict):
+            raise fail(section, "must be a mapping of rule id to rule")
+        for rule_id, body in value.items():
+            key = f"{section}.{rule_id}"
+            if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
+                raise fail(key, f"rule ids look like {example}")
+            if not isinstance(body, dict):
+                raise fail(key, "must be a mapping")
+            for k in body:
+                if k not in allowed:
+                    raise fail(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(allowed))})")
+            for k in texts:
+                if not isinstance(body.get(k), str) or not body[k].strip():
+                    raise fail(f"{key}.{k}", "missing")
+            yield key, rule_id, body
+
     rules: dict[str, Rule] = {}
-    if not isinstance(data["rules"], dict):
-        raise fail("rules", "must be a mapping of rule id to rule")
-    for rule_id, body in data["rules"].items():
-        key = f"rules.{rule_id}"
-        if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
-            raise fail(key, "rule ids look like SM-ORDER-001")
-        if not isinstance(body, dict):
-            raise fail(key, "must be a mapping")
-        for k in body:
-            if k not in _RULE_KEYS:
-                raise fail(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(_RULE_KEYS))})")
-        for k in ("requirement", "message"):
-            if not isinstance(body.get(k), str) or not body[k].strip():
-                raise fail(f"{key}.{k}", "missing")
+    for key, rule_id, body in rule_bodies("rules", data["rules"], _RULE_KEYS, ("requirement", "message"),
+                                          "SM-ORDER-001"):
         close, error, warning = body.get("close"), body.get("error"), body.get("warning")
         if close is not None and (not isinstance(close, int) or not 1000 <= close <= 4999):
             raise fail(f"{key}.close", "must be a WebSocket close code (1000-4999)")
@@ -332,22 +339,10 @@ def parse_chart(data: Any, where: str = "<chart>") -> Chart:
         rules[rule_id] = Rule(rule_id, body["requirement"].strip(), body["message"].strip(), close, error, warning)
 
     client_rules: dict[str, ClientRule] = {}
-    raw_client_rules = data.get("client_rules") or {}
-    if not isinstance(raw_client_rules, dict):
-        raise fail("client_rules", "must be a mapping of rule id to rule")
-    for rule_id, body in raw_client_rules.items():
-        key = f"client_rules.{rule_id}"
-        if not isinstance(rule_id, str) or not _RULE_ID.match(rule_id):
-            raise fail(key, "rule ids look like SM-CLIENT-001")
+    for key, rule_id, body in rule_bodies("client_rules", data.get("client_rules") or {}, _CLIENT_RULE_KEYS,
+                                          ("requirement",), "SM-CLIENT-001"):
         if rule_id in rules:
             raise fail(key, "is also in rules")
-        if not isinstance(body, dict):
-            raise fail(key, "must be a mapping")
-        for k in body:
-            if k not in _CLIENT_RULE_KEYS:
-                raise fail(f"{key}.{k}", f"unknown key (allowed: {', '.join(sorted(_CLIENT_RULE_KEYS))})")
-        if not isinstance(body.get("requirement"), str) or not body["requirement"].strip():
-            raise fail(f"{key}.requirement", "missing")
         if body.get("severity") not in SEVERITIES:
             raise fail(f"{key}.severity", f"must be one of {', '.join(SEVERITIES)}")
         if body.get("check") not in CLIENT_CHECKS:

@@ -22,7 +22,6 @@ import attrs
 #: Verdicts, as Autobahn names them (lower case): a failed case is a broken requirement; non-strict, a behaviour
 #: the requirement allows but does not prefer; informational, an observation; skipped, not run.
 VERDICTS = ("pass", "non-strict", "informational", "fail", "skipped")
-SEVERITIES = ("error", "warning", "info")
 
 
 @attrs.frozen
@@ -30,7 +29,7 @@ class CaseResult:
     id: str  # hierarchical: "speechmatics/forbidden/awaiting_start/AddAudio", or a rule id in a client report
     requirement: str  # the requirement in words (from the chart)
     verdict: str  # one of VERDICTS
-    severity: str = "error"  # what a failure means: one of SEVERITIES
+    severity: str = "error"  # what a failure means: one of stt.statechart.SEVERITIES
     rule: str | None = None  # the chart rule the case checks, when there is one
     details: str = ""  # what was observed, in words
     frames: tuple[int, ...] = ()  # client reports: the indexes (the logbook's "n") of the frames involved
