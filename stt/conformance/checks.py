@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from collections import defaultdict
 from pathlib import Path
 from typing import Callable
@@ -23,15 +22,16 @@ import attrs
 
 from stt.audio.pcm import RAW_ENCODINGS
 from stt.conformance.logbook import read_logbook
-from stt.conformance.report import CaseResult, Report, to_text, write_report
+from stt.conformance.report import CaseResult, Report, to_text, utc_now, write_report
 from stt.dialects import dialect_named
 from stt.statechart import CLIENT_CHECKS, Chart, ClientRule
 
 #: Endings the client causes: the rule the chart names for each is the client's to keep.
 CLIENT_ENDINGS = ("idle_timeout", "message_too_large", "bad_audio", "unauthorised")
-#: Endings the server causes (or the ordinary ones): no case of the client's.
-SERVER_ENDINGS = ("normal", "dropped", "client_closed", "internal_error", "shutdown", "busy", "session_timeout",
-                  "fault")
+#: Endings the server causes: not held against the client (an informational case says how the session ended).
+SERVER_ENDINGS = ("internal_error", "shutdown", "busy", "session_timeout", "fault")
+#: How sessions end otherwise: no rule of the client's (the ends_stream rules judge the client's part in it).
+ORDINARY_ENDINGS = ("normal", "dropped", "client_closed")
 
 
 @attrs.frozen
@@ -60,8 +60,7 @@ class Recorded:
 
     @property
     def ended_by_server(self) -> bool:
-        return self.close is None or self.close["ending"] not in ("normal", "violation", "dropped", "client_closed",
-                                                                  *CLIENT_ENDINGS)
+        return self.close is None or self.close["ending"] in SERVER_ENDINGS
 
     def audio_frames(self) -> list[dict]:
         return [r for r in self.frames_in if r.get("audio")]
@@ -171,7 +170,7 @@ assert set(CHECKS) == set(CLIENT_CHECKS), "stt.statechart.CLIENT_CHECKS and CHEC
 def client_rule_ids(chart: Chart, dialect=None) -> list[str]:
     """The chart's rules a client can break, in chart order (see the module docstring)."""
     used_endings = set(chart.endings.values())
-    server = {chart.endings[e] for e in SERVER_ENDINGS if e in chart.endings}
+    server = {chart.endings[e] for e in ORDINARY_ENDINGS + SERVER_ENDINGS if e in chart.endings}
     notice = getattr(dialect, "time_limit_warning_rule", None)
     ids = []
     for rule_id in chart.rules:
@@ -219,7 +218,7 @@ def evaluate(records: list[dict], *, created: str | None = None) -> Report:
         subject=opened["session"],
         dialect=chart.name,
         cases=tuple(cases),
-        created=created or time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        created=created or utc_now(),
         timeline=tuple(records),
         path=_path(records),
     )

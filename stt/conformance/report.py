@@ -10,6 +10,7 @@ the frames of failed cases marked) and the dialect chart with the path taken (st
 
 from __future__ import annotations
 
+import datetime
 import html
 import json
 import re
@@ -22,6 +23,11 @@ import attrs
 #: Verdicts, as Autobahn names them (lower case): a failed case is a broken requirement; non-strict, a behaviour
 #: the requirement allows but does not prefer; informational, an observation; skipped, not run.
 VERDICTS = ("pass", "non-strict", "informational", "fail", "skipped")
+
+
+def utc_now() -> str:
+    """A report's `created`: now, ISO 8601 in UTC, to the second (2026-12-01T19:41:43Z)."""
+    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @attrs.frozen

@@ -18,7 +18,6 @@ skipped where the case cannot be driven over the wire (a state the server closes
 
 from __future__ import annotations
 
-import datetime
 import functools
 import sys
 import time
@@ -30,9 +29,9 @@ import attrs
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
-from stt.conformance.catalogue import Case, cases as catalogue_cases, chart_of, outcome
+from stt.conformance.catalogue import Case, cases as catalogue_cases, chart_of, coverage, outcome
 from stt.conformance.profiles import CLOSE, PROFILES, Frame, Profile
-from stt.conformance.report import CaseResult, Report, to_html, to_json, to_junit, to_text
+from stt.conformance.report import CaseResult, Report, to_html, to_json, to_junit, to_text, utc_now
 from stt.statechart import Chart
 
 #: At most this long (seconds) the runner watches for an answer that should not come (an error after a
@@ -304,17 +303,6 @@ async def run_case(case: Case, url: str, *, api_key: str | None = None, timeout:
     return result(*verdict)
 
 
-def wire_coverage(chart: Chart, results: list[CaseResult]) -> dict[str, list[int]]:
-    """The chart's transitions and forbidden pairs exercised over the wire (a case run, whatever its verdict;
-    skipped ones are not)."""
-    run = {r.id.split("/", 1)[1] for r in results if r.verdict != "skipped"}
-    return {
-        "transitions": [sum(f"transition/{t.source}/{t.event}" in run for t in chart.transitions),
-                        len(chart.transitions)],
-        "forbidden": [sum(f"forbidden/{s}/{e}" in run for s, e in chart.forbidden), len(chart.forbidden)],
-    }
-
-
 async def run_catalogue(url: str, dialect: str, *, api_key: str | None = None, pattern: str | None = None,
                         timeout: float = 5.0, settle: float | None = None,
                         concurrency: int = CONCURRENCY) -> Report:
@@ -334,10 +322,10 @@ async def run_catalogue(url: str, dialect: str, *, api_key: str | None = None, p
     async with trio.open_nursery() as nursery:
         for i, case in enumerate(chosen):
             nursery.start_soon(one, i, case)
-    done = [r for r in results if r is not None]
+    # Coverage over the wire: the cases run, whatever their verdict (skipped ones are not).
+    ran = [case for case, result in zip(chosen, results) if result.verdict != "skipped"]
     return Report(kind="server", title=f"{chart.title}: server conformance", subject=url, dialect=dialect,
-                  cases=tuple(done), created=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                  coverage=wire_coverage(chart, done))
+                  cases=tuple(results), created=utc_now(), coverage=coverage(dialect, ran))
 
 
 def conform_command(args) -> int:
@@ -365,4 +353,4 @@ def conform_command(args) -> int:
     return 1 if any(c.failed for c in report.cases) else 0
 
 
-__all__ = ["Expect", "Seen", "conform_command", "run_case", "run_catalogue", "wire_coverage"]
+__all__ = ["Expect", "Seen", "conform_command", "run_case", "run_catalogue"]
