@@ -242,9 +242,9 @@ def _faults(text: str | None) -> str:
         try:
             parse_faults(text, dialect.chart)
         except FaultError as exc:
-            errors.append((dialect.name, str(exc)))
-    if text and len(errors) == len(DIALECTS):  # an error= only some dialects have applies to those
-        raise ConfigError(f"--fault: {errors[0][1]}")
+            errors.append(str(exc))
+    if len(errors) == len(DIALECTS):  # an error= only some dialects have applies to those
+        raise ConfigError(f"--fault: {errors[0]}")
     return text
 
 

@@ -454,9 +454,9 @@ class Session:
                     self.lifecycle.advance("audio")
                 samples = await self._run_decoder(decoder.decode, b"".join(chunks))
                 self.audio_samples += samples.shape[-1]
-                while self._timed_faults and self._timed_faults[0].at <= self.audio_samples / self.engine.sample_rate:
+                while self._timed_faults and self._timed_faults[0].at <= self.audio_seconds:
                     await self._out_send.send(self._timed_faults.pop(0))  # after the results so far
-                self.metrics.audio(self.audio_samples / self.engine.sample_rate, self._arrived(len(chunks)))
+                self.metrics.audio(self.audio_seconds, self._arrived(len(chunks)))
                 results = await self._timed(stream.feed(samples)) if samples.size else []
             elif isinstance(item, Reconfigure):
                 await stream.configure(partials=item.partials, max_delay=item.max_delay)
@@ -617,8 +617,7 @@ class Session:
         start = trio.current_time()
         while True:
             await trio.sleep(interval)
-            await self._out_send.send(SessionStatus(self.audio_samples / self.engine.sample_rate,
-                                                    trio.current_time() - start))
+            await self._out_send.send(SessionStatus(self.audio_seconds, trio.current_time() - start))
 
     async def _speech_idle(self, timeout: float) -> None:
         """Dialects that bill for speech end a session in which nobody spoke for `timeout` seconds."""

@@ -88,9 +88,8 @@ class Logbook:
             record["audio"] = sum(len(e.data) for e in events if isinstance(e, Audio))
             if early:
                 record["early"] = True
-        self._write(record)
-        if direction == "in":
             self._last_in = self.frames
+        self._write(record)
         return self.frames
 
     def configured(self, audio: AudioFormat) -> None:
