@@ -9,12 +9,17 @@ from pathlib import Path
 from stt.statechart import Chart, chart_names, load_chart
 
 
-def mermaid(chart: Chart) -> str:
-    lines = ["stateDiagram-v2", f"    [*] --> {chart.initial}"]
+def edges(chart: Chart) -> dict[tuple[str, str], list[str]]:
+    """(source, target) -> the events that move from one to the other, in the chart's order."""
     by_edge: dict[tuple[str, str], list[str]] = {}
     for t in chart.transitions:
         by_edge.setdefault((t.source, t.target), []).append(t.event)
-    for (source, target), events in by_edge.items():
+    return by_edge
+
+
+def mermaid(chart: Chart) -> str:
+    lines = ["stateDiagram-v2", f"    [*] --> {chart.initial}"]
+    for (source, target), events in edges(chart).items():
         lines.append(f"    {source} --> {target}: {' / '.join(events)}")
     for state in sorted(chart.final):
         lines.append(f"    {state} --> [*]")

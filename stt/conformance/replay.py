@@ -24,7 +24,7 @@ from stt.conformance.logbook import REDACTED, client_frames, payload, read_logbo
 from stt.faults import FAULT_HEADER
 
 #: Endings in which the client, not the server, ended the session: the replay closes as the client did.
-CLIENT_ENDINGS = ("client_closed", "dropped")
+ENDED_BY_CLIENT = ("client_closed", "dropped")
 CLOSE_TIMEOUT = 10.0  # seconds to wait for the server to close after the last frame
 CONNECT_TIMEOUT = 10.0
 MAX_MESSAGE = 64 << 20  # the server's frames we accept (a replay prints them; it does not judge their size)
@@ -62,7 +62,7 @@ async def replay(records: Sequence[dict], url: str, *, speed: float = 1.0, heade
     target = replay_url(url, records[0], warn)
     frames = list(client_frames(records))
     close = next((r for r in reversed(records) if r["kind"] == "close"), None)
-    client_ends = close is not None and close.get("ending") in CLIENT_ENDINGS
+    client_ends = close is not None and close.get("ending") in ENDED_BY_CLIENT
     headers = list(headers)
     given = {name.lower() for name, _ in headers}
     faults = records[0].get("faults") or ""
@@ -153,7 +153,7 @@ async def replay_and_compare(records: Sequence[dict], url: str, *, speed: float 
     if close is None:
         warn("replay: the logbook has no close record: nothing to compare the ending with")
         return 1
-    if close.get("ending") in CLIENT_ENDINGS:
+    if close.get("ending") in ENDED_BY_CLIENT:
         if code is None:
             return 0
         warn(f"replay: the server closed with {code}; in the logbook the client ended the session "

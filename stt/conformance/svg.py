@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections import deque
 from html import escape
 
+from stt.diagrams import edges
 from stt.statechart import Chart
 
 FONT = 12
@@ -46,14 +47,6 @@ def layout_order(chart: Chart) -> list[str]:
                 queue.append(t.target)
     order += [s for s in chart.states if s not in seen]
     return [s for s in order if s not in chart.final] + [s for s in order if s in chart.final]
-
-
-def edges(chart: Chart) -> dict[tuple[str, str], list[str]]:
-    """(source, target) -> the events that move from one to the other, in the chart's order."""
-    by_edge: dict[tuple[str, str], list[str]] = {}
-    for t in chart.transitions:
-        by_edge.setdefault((t.source, t.target), []).append(t.event)
-    return by_edge
 
 
 def taken(path: tuple[str, ...] | list[str]) -> set[tuple[str, str]]:
