@@ -69,13 +69,16 @@ def _parser() -> argparse.ArgumentParser:
                        help="largest message a client may send; larger ones close the session with 1009 "
                             f"(default: {limits.max_message_bytes})")
     serve.add_argument("--allow-private-urls", action="store_true",
-                       help="let stream modes (Scriptix /v2/client) fetch audio from loopback, private and "
-                            "link-local addresses; refused by default, as a guard against server-side request forgery")
+                       help="let stream modes (Scriptix /v2/client) fetch audio from loopback, private, link-local "
+                            "and reserved addresses (IPv4 inside IPv6 too: mapped, compatible, NAT64, 6to4, Teredo); "
+                            "refused by default, as a guard against server-side request forgery: the client is told "
+                            "its URL's host is not a public address, the log says which address")
     serve.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"],
                        help="(default: info)")
     _add_operations_options(serve)
     _add_limits_and_admin_options(serve)
     _add_conformance_options(serve)
+    _add_client_fault_options(serve)
 
     diagrams = commands.add_parser("diagrams", help="write docs/statecharts/*.md from statecharts/*.yaml")
     diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS, help="output folder")
@@ -170,8 +173,9 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--max-sessions", type=int, default=0, metavar="N",
                        help="sessions at once, all clients together; 0: no limit (default: 0)")
     group.add_argument("--max-sessions-per-key", type=int, default=0, metavar="N",
-                       help="sessions at once with one API key (clients presenting no key are not limited by "
-                            "it); 0: no limit (default: 0)")
+                       help="sessions at once with one API key, however the key comes (header, query, path token, "
+                            "or a Scriptix start message, counted when it arrives); clients presenting no key are "
+                            "not limited by it; 0: no limit (default: 0)")
     group.add_argument("--max-session-seconds", type=float, default=0.0, metavar="SECONDS",
                        help="end a session after this long (Speechmatics: timelimit_exceeded, 4006, with "
                             "warnings 45, 30 and 15 minutes ahead); 0: no limit (default: 0)")
@@ -194,8 +198,20 @@ def _add_conformance_options(serve: argparse.ArgumentParser) -> None:
                             "x-stt-conformance: 1 or the query parameter stt_conformance=1")
     group.add_argument("--fault", metavar="PLAN", default=None,
                        help="inject these faults into every session (a connection's own x-stt-fault header or "
-                            "stt_fault query parameter replaces it): comma-separated items such as drop@2s, "
-                            "close=4005@1s, error=quota_exceeded, delay=500ms, stall@3s, idle=5s (docs/faults.md)")
+                            "stt_fault query parameter replaces it, where --allow-client-faults lets clients bring "
+                            "one): comma-separated items such as drop@2s, close=4005@1s, error=quota_exceeded, "
+                            "delay=500ms, stall@3s, idle=5s (docs/faults.md)")
+
+
+def _add_client_fault_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "client fault plans", "Whether clients may ask the server to misbehave (docs/faults.md). Off by default: "
+        "a test tool, not for a production server.")
+    group.add_argument("--allow-client-faults", action="store_true",
+                       help="let a connection bring its own fault plan (x-stt-fault header, stt_fault query "
+                            "parameter); without it such a connection is refused with HTTP 403 naming this flag. "
+                            "Implied by --conformance. A client's plan never outlasts the server's limits: its idle "
+                            "timeout, stalls and delays are cut to --idle-timeout (and --max-session-seconds)")
 
 
 def _engine_options(args: argparse.Namespace) -> dict:

@@ -227,6 +227,7 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         conformance_dir=_path(settings.conformance),
         conformance_opt_in=settings.conformance_opt_in,
         faults=_faults(settings.fault),
+        allow_client_faults=settings.allow_client_faults,
         **fields,
     )
 

@@ -22,6 +22,12 @@ parameter (both taken out before the dialect sees the handshake), or for every c
 
 Times are `<number>s` or `<number>ms`. `@T` counts seconds of the client's audio, decoded; an item without `@T`
 happens as soon as the connection is open.
+
+A client's own plan is served only where the operator allows it (`stt serve --allow-client-faults`, implied by
+`--conformance`); elsewhere the upgrade is refused with 403 (stt.server). And a client's plan never outlasts the
+operator's limits (`within_limits`): its idle timeout, stall and delays are cut to `--idle-timeout` (and to
+`--max-session-seconds`, where one is set), so that no client can hold a session slot longer than a silent client
+could. The operator's own `--fault` plan is served as it is.
 """
 
 from __future__ import annotations
@@ -147,6 +153,19 @@ def parse_faults(text: str, chart: Chart) -> FaultPlan:
         raise FaultError("idle: the timeout must be more than 0")
     fields["triggers"] = tuple(fields["triggers"])
     return FaultPlan(text, **fields)
+
+
+def within_limits(plan: FaultPlan, idle_timeout: float, max_session_seconds: float = 0.0) -> FaultPlan:
+    """A client's `plan`, its waits cut to the operator's limits: its idle timeout, its stall and its delays last
+    at most `idle_timeout` (the longest a session may wait on a silent client) and `max_session_seconds` (0: no
+    such limit), so that a plan cannot keep a session (and its slot) longer than the server's own limits do."""
+    cap = min(idle_timeout, max_session_seconds) if max_session_seconds else idle_timeout
+
+    def capped(seconds: float | None) -> float | None:
+        return None if seconds is None else min(seconds, cap)
+
+    return attrs.evolve(plan, idle_timeout=capped(plan.idle_timeout), stall_for=capped(plan.stall_for),
+                        delay=capped(plan.delay), ack_delay=capped(plan.ack_delay))
 
 
 def vendor_errors(chart: Chart) -> list[str]:

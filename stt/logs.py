@@ -7,6 +7,11 @@ code that way), plus `exception` when there is a traceback:
     {"time":"2025-01-31T12:00:00.123Z","level":"INFO","logger":"stt.session","message":"session … closed 1000: …",
      "pid":4242,"session":"…","dialect":"speechmatics","state":"closed","previous_state":"connected",
      "ending":"normal","rule":"LC-END-001","close_code":1000}
+
+No secret reaches a log line: the call sites redact what they know the connection's key to be (stt.redaction:
+the session's path, details and endings), and both formats pass every message, field and traceback through
+stt.redaction.redact once more, which hides the value of any credential's NAME=VALUE (token=, api_key=, ...)
+whatever logged it.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ import json
 import logging
 import sys
 from typing import TextIO
+
+from stt.redaction import redact
 
 LOG_FORMATS = ("auto", "json", "text")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -33,19 +40,29 @@ class JsonFormatter(logging.Formatter):
             .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname,
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": redact(record.getMessage()),
             "pid": record.process,
         }
         for key, value in vars(record).items():
             if key not in _RECORD_ATTRIBUTES and key not in line:
-                line[key] = value
+                line[key] = redact(value) if isinstance(value, str) else value
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
+            line["exception"] = redact(self.formatException(record.exc_info))
         elif record.exc_text:
-            line["exception"] = record.exc_text
+            line["exception"] = redact(record.exc_text)
         if record.stack_info:
             line["stack"] = self.formatStack(record.stack_info)
         return json.dumps(line, default=str, ensure_ascii=False, separators=(",", ":"))
+
+
+class TextFormatter(logging.Formatter):
+    """TEXT_FORMAT, every line (the traceback too) passed through stt.redaction.redact."""
+
+    def __init__(self):
+        super().__init__(TEXT_FORMAT)
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record))
 
 
 def formatter_for(fmt: str, stream: TextIO) -> logging.Formatter:
@@ -54,7 +71,7 @@ def formatter_for(fmt: str, stream: TextIO) -> logging.Formatter:
         raise ValueError(f"log format {fmt!r} is not one of {', '.join(LOG_FORMATS)}")
     if fmt == "auto":
         fmt = "text" if _is_terminal(stream) else "json"
-    return JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT)
+    return JsonFormatter() if fmt == "json" else TextFormatter()
 
 
 def configure_logging(level: str | int = "info", fmt: str = "auto", stream: TextIO | None = None) -> logging.Handler:
@@ -78,4 +95,4 @@ def _is_terminal(stream: TextIO) -> bool:
         return False
 
 
-__all__ = ["LOG_FORMATS", "JsonFormatter", "configure_logging", "formatter_for"]
+__all__ = ["LOG_FORMATS", "JsonFormatter", "TextFormatter", "configure_logging", "formatter_for"]

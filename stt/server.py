@@ -29,19 +29,27 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
 from stt.admin import open_admin
+from stt.admission import Admission, Unlimited
 from stt.conformance.checks import write_client_report
 from stt.conformance.logbook import CONFORMANCE_HEADER, CONFORMANCE_QUERY, open_logbook
 from stt.dialects import dialect_for
 from stt.dialects.base import Handshake, HandshakeRefused
 from stt.engines import open_engine
 from stt.engines.base import Engine
-from stt.faults import FAULT_HEADER, FAULT_QUERY, FaultError, parse_faults
+from stt.faults import FAULT_HEADER, FAULT_QUERY, FaultError, parse_faults, within_limits
 from stt.logs import configure_logging
 from stt.metrics import Metrics
+from stt.redaction import connection_secrets, redact, redact_path
 from stt.session import Session, SessionLimits
 from stt.statechart import load_chart
 
 log = logging.getLogger("stt.server")
+
+ALLOW_CLIENT_FAULTS_FLAG = "--allow-client-faults"
+#: What a client that asks for a fault plan gets from a server that does not allow them: 403 and this, so that a
+#: tester learns at once why no fault came (a plan ignored in silence would make a test pass for no reason).
+CLIENT_FAULTS_OFF = (f"fault injection by clients ({FAULT_HEADER}, {FAULT_QUERY}) is off on this server: start it "
+                     f"with {ALLOW_CLIENT_FAULTS_FLAG} (or --conformance)\n")
 
 
 @attrs.frozen
@@ -67,6 +75,8 @@ class ServerConfig:
     conformance_dir: Path | None = None  # record sessions' logbooks and client-conformance reports here
     conformance_opt_in: bool = False  # ... only those of connections that ask (x-stt-conformance, stt_conformance)
     faults: str = ""  # the fault plan of every connection that gives none of its own (stt.faults)
+    #: Connections may bring their own fault plan (x-stt-fault, stt_fault); implied by conformance_dir. Off: 403.
+    allow_client_faults: bool = False
 
 
 class KeyRing:
@@ -132,10 +142,8 @@ class Server:
         self.connections = ConnectionCount()  # handshakes and sessions under way
         self.closing_at: float | None = None  # shutting down: the Unix time at which sessions will be ended
         self._accepting: trio.CancelScope | None = None  # the listeners' accept loop (open_server)
-        #: Sessions admitted and not yet ended (a slot is taken before the upgrade completes), all clients together
-        #: and by the SHA-256 digest of the client's key: the counts max_sessions and max_sessions_per_key check.
-        self.admitted = 0
-        self.admitted_by_key: collections.Counter[bytes] = collections.Counter()
+        #: Who may have a session and how many at once (the key check, max_sessions, max_sessions_per_key).
+        self.admission = Admission(self.keys.allows, config.max_sessions, config.max_sessions_per_key)
         self.metrics = Metrics(lambda: ((s.dialect.name, s.lifecycle.state) for s in self.sessions))
         self.admin_port: int | None = None  # the admin port, when open_server opened one
 
@@ -171,22 +179,34 @@ class Server:
             session.shut_down()
 
     async def _handle(self, request: WebSocketRequest) -> None:
-        handshake, fault_text, record = self._conformance_asks(Handshake.from_target(request.path, request.headers))
+        handshake, client_plan, record = self._conformance_asks(Handshake.from_target(request.path, request.headers))
         lifecycle = self.lifecycle_chart.machine()
         lifecycle.advance("handshake")
         dialect_cls = dialect_for(handshake.path)
+        pattern = getattr(dialect_cls, "secret_path", None)
+        path = redact_path(handshake.path, pattern,  # as the log shows it: no key (stt.redaction)
+                           connection_secrets(handshake.path, handshake.query, handshake.headers, pattern))
         if dialect_cls is None:
             lifecycle.advance("reject")
             self.metrics.reject("none", "no_dialect")
-            log.info("no dialect serves %s: 404", handshake.path)
+            log.info("no dialect serves %s: 404", path)
             await request.reject(404, body=f"no dialect serves the path {handshake.path}\n".encode())
             return
+        if client_plan and not self.client_faults_allowed:
+            lifecycle.advance("reject")
+            self.metrics.reject(dialect_cls.name, "client_faults_off")
+            log.info("%s: a client fault plan refused (403): %s lifts this", path, ALLOW_CLIENT_FAULTS_FLAG,
+                     extra={"dialect": dialect_cls.name, "reason": "client_faults_off"})
+            await request.reject(403, body=CLIENT_FAULTS_OFF.encode())
+            return
         try:
-            faults = parse_faults(fault_text, dialect_cls.chart)
+            faults = parse_faults(client_plan if client_plan is not None else self.config.faults, dialect_cls.chart)
+            if client_plan is not None:  # never beyond the operator's own limits
+                faults = within_limits(faults, self.config.limits.idle_timeout, self.config.limits.max_session_seconds)
         except FaultError as exc:
             lifecycle.advance("reject")
             self.metrics.reject(dialect_cls.name, "bad_fault_plan")
-            log.info("%s: bad fault plan: %s", handshake.path, exc)
+            log.info("%s: bad fault plan: %s", path, exc)
             await request.reject(400, body=f"bad fault plan ({FAULT_HEADER} or {FAULT_QUERY}): {exc}\n".encode())
             return
         try:
@@ -195,7 +215,8 @@ class Server:
             lifecycle.advance("reject")
             self.endings[(dialect_cls.name, "refused", str(refusal.status))] += 1
             self.metrics.reject(dialect_cls.name, "bad_handshake")
-            log.info("%s refused: %s", handshake.path, refusal)
+            log.info("%s refused: %s", path, redact(str(refusal), connection_secrets(
+                handshake.path, handshake.query, handshake.headers, pattern)))
             await request.reject(refusal.status, body=(refusal.body.rstrip("\n") + "\n").encode())
             return
         credential = dialect.credential()
@@ -204,30 +225,33 @@ class Server:
             lifecycle.advance("reject")
             self.endings[(dialect.name, "unauthorised", dialect.chart.ending("unauthorised").id)] += 1
             self.metrics.reject(dialect.name, "unauthorised")
-            log.info("%s: missing or invalid API key: 401", handshake.path)
+            log.info("%s: missing or invalid API key: 401", path)
             await request.reject(401, body=b"missing or invalid API key\n")
             return
-        # Admission. A client without a valid key is not counted: its session ends at once (unless the key may
-        # still come in its start message). The slot is taken here, before the upgrade completes, so that
-        # handshakes under way count too; _admitted gives it back however the connection ends.
+        # Admission (stt.admission). A client without a valid key is not counted: its session ends at once (unless
+        # the key may still come in its start message: then it is counted when it comes, by the ticket). The slot
+        # is taken here, before the upgrade completes, so that handshakes under way count too; admit gives it back
+        # however the connection ends.
         admissible = authorised or dialect.credential_in_start
-        key = hashlib.sha256(credential.encode()).digest() if authorised and credential else None
-        busy = self._refusal(key) if admissible else None
+        key = self.admission.counted_key(credential) if authorised else None
+        busy = self.admission.refusal(key) if admissible else None
         if busy is not None:
             reason, detail = busy
             self.metrics.reject(dialect.name, reason)
-            log.info("%s: %s", handshake.path, detail, extra={"dialect": dialect.name, "reason": reason})
+            log.info("%s: %s", path, detail, extra={"dialect": dialect.name, "reason": reason})
             if getattr(dialect, "refuses_busy_at_upgrade", False):  # V-Blaze: HTTP 503, as for no free stream
                 lifecycle.advance("reject")
                 rule = dialect.chart.ending("busy")
                 self.endings[(dialect.name, "busy", rule.id)] += 1
                 await request.reject(503, body=f"{rule.message}: {detail}\n".encode())
                 return
-        with self._admitted(key) if admissible and busy is None else contextlib.nullcontext():
+        with self.admission.admit(key) if admissible and busy is None \
+                else contextlib.nullcontext(Unlimited(self.keys.allows)) as ticket:
             ws = await request.accept()
             lifecycle.advance("accept")
             session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits,
-                              authorise=self.keys.allows, allow_private_urls=self.config.allow_private_urls,
+                              authorise=self.keys.allows, admission=ticket,
+                              allow_private_urls=self.config.allow_private_urls,
                               metrics=self.metrics.session(dialect.name), faults=faults)
             if busy is not None:
                 session.refuse("busy", busy[1])  # the dialect's error and close, at once (Speechmatics: 4005)
@@ -244,6 +268,8 @@ class Server:
                 self.metrics.ended(dialect.name, ending.name, ending.rule.id, session.close_code)
                 if ending.name == "unauthorised":
                     self.metrics.reject(dialect.name, "unauthorised")
+                if session.refused_key is not None:  # its start message's key was over its limit
+                    self.metrics.reject(dialect.name, session.refused_key[0])
                 for rule_id, count in session.violations.items():
                     self.violations[(dialect.name, rule_id)] += count
                     self.metrics.violated(dialect.name, rule_id, count)
@@ -262,11 +288,16 @@ class Server:
             log.info("session %s: client-conformance report %s", session, paths[0],
                      extra={"session": session, "report": str(paths[0])})
 
-    def _conformance_asks(self, handshake: Handshake) -> tuple[Handshake, str, bool]:
-        """The handshake without stt's own query parameters, which no dialect knows; the connection's fault plan
-        (its own, or the server's); and whether to record it (conformance mode, and its opt-in)."""
+    @property
+    def client_faults_allowed(self) -> bool:
+        """Whether connections may bring their own fault plan: --allow-client-faults, or --conformance."""
+        return self.config.allow_client_faults or self.config.conformance_dir is not None
+
+    def _conformance_asks(self, handshake: Handshake) -> tuple[Handshake, str | None, bool]:
+        """The handshake without stt's own query parameters, which no dialect knows; the connection's own fault
+        plan (None: it gave none); and whether to record it (conformance mode, and its opt-in)."""
         query = {k: v for k, v in handshake.query.items() if k not in (FAULT_QUERY, CONFORMANCE_QUERY)}
-        faults = handshake.headers.get(FAULT_HEADER, handshake.query.get(FAULT_QUERY, self.config.faults))
+        faults = handshake.headers.get(FAULT_HEADER, handshake.query.get(FAULT_QUERY))
         asked = (handshake.headers.get(CONFORMANCE_HEADER) or handshake.query.get(CONFORMANCE_QUERY) or "").lower()
         record = self.config.conformance_dir is not None and (
             not self.config.conformance_opt_in or asked in ("1", "true", "yes"))
@@ -274,30 +305,15 @@ class Server:
 
     # --- admission and readiness ---------------------------------------------------------------------------
 
-    def _refusal(self, key: bytes | None) -> tuple[str, str] | None:
-        """(reason, detail) when a new session with this key digest would be over a limit, else None."""
-        limit, per_key = self.config.max_sessions, self.config.max_sessions_per_key
-        if limit and self.admitted >= limit:
-            return "max_sessions", f"the server's limit of {limit} concurrent sessions is reached"
-        if per_key and key is not None and self.admitted_by_key[key] >= per_key:
-            return "max_sessions_per_key", f"the limit of {per_key} concurrent sessions for this API key is reached"
-        return None
+    @property
+    def admitted(self) -> int:
+        """Sessions admitted and not yet ended (a slot is taken before the upgrade completes), all together."""
+        return self.admission.admitted
 
-    @contextmanager
-    def _admitted(self, key: bytes | None) -> Iterator[None]:
-        """A slot for one session, given back when the block exits, however it exits (a dropped handshake, a
-        cancelled connection, a failure)."""
-        self.admitted += 1
-        if key is not None:
-            self.admitted_by_key[key] += 1
-        try:
-            yield
-        finally:
-            self.admitted -= 1
-            if key is not None:
-                self.admitted_by_key[key] -= 1
-                if self.admitted_by_key[key] <= 0:
-                    del self.admitted_by_key[key]
+    @property
+    def admitted_by_key(self) -> collections.Counter[bytes]:
+        """The same, by the SHA-256 digest of the session's key (however it came: stt.admission)."""
+        return self.admission.by_key
 
     @property
     def accepting(self) -> bool:

@@ -36,6 +36,7 @@ import numpy as np
 import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
+from stt.admission import Ticket, Unlimited
 from stt.audio import BadAudio, UnsupportedAudio, open_decoder
 from stt.dialects.base import Dialect, render_shutting_down
 from stt.engines.base import Engine, StreamSettings
@@ -63,6 +64,7 @@ from stt.events import (
 from stt.conformance.logbook import Logbook
 from stt.faults import DROP, FaultPlan, Trigger
 from stt.metrics import Metrics, SessionMetrics
+from stt.redaction import connection_secrets, redact, redact_path
 from stt.statechart import ChartMachine, Rule
 
 log = logging.getLogger("stt.session")
@@ -142,6 +144,7 @@ class Session:
         *,
         limits: SessionLimits = SessionLimits(),
         authorise: Callable[[str | None], bool] = lambda credential: True,
+        admission: Ticket | None = None,
         allow_private_urls: bool = False,
         metrics: SessionMetrics | None = None,
         logbook: Logbook | None = None,
@@ -158,7 +161,11 @@ class Session:
         self._stalled = False  # the stall fault has happened
         self._held_partial: list | None = None  # reorder-partials: the partial's frames sent after the next one
         self._ended = trio.Event()  # an ending is decided (faults' waits stop then)
-        self._authorise = authorise  # the server's key check: credential -> allowed
+        #: The server's key check and this session's hold on its limits (stt.admission): a key that comes in the
+        #: start message is checked and counted there.
+        self.admission = admission if admission is not None else Unlimited(authorise)
+        self._authorise = self.admission.authorise  # credential -> allowed
+        self.refused_key: tuple[str, str] | None = None  # (reason, detail): the start message's key was over its limit
         self._configured = False  # the dialect's start message (a Configure) has arrived
         self.allow_private_urls = allow_private_urls  # FetchAudio may read from private addresses
         self.metrics = metrics or Metrics().session(dialect.name)  # the server's, or a session's own
@@ -187,9 +194,9 @@ class Session:
     # --- running ------------------------------------------------------------------------------------------
 
     async def run(self) -> Ending:
-        log.info("session %s open: %s %s", self.id, self.dialect.name, self.dialect.handshake.path,
-                 extra={"session": self.id, "dialect": self.dialect.name, "path": self.dialect.handshake.path,
-                        "state": self.lifecycle.state})
+        path = self.public_path
+        log.info("session %s open: %s %s", self.id, self.dialect.name, path,
+                 extra={"session": self.id, "dialect": self.dialect.name, "path": path, "state": self.lifecycle.state})
         if self.ending is not None:
             pass  # refused before it began (refuse): only the error and the close
         elif not self._authorise(self.dialect.credential()) and not self.dialect.credential_in_start:
@@ -280,13 +287,29 @@ class Session:
             logging.INFO if ending.name == "normal" or (rule.close == 1000 and ending.name != "client_closed")
             else logging.WARNING,
             "session %s closed %s: %s %s%s (frames in %d, audio frames %d)",
-            self.id, self.close_code, ending.name, rule.id, f": {ending.detail}" if ending.detail else "",
+            self.id, self.close_code, ending.name, rule.id, f": {self.redact(ending.detail)}" if ending.detail else "",
             self.frames_in, self.audio_frames,
             extra={"session": self.id, "dialect": self.dialect.name, "previous_state": previous_state,
                    "state": self.lifecycle.state, "ending": ending.name, "rule": rule.id,
                    "close_code": self.close_code, "frames_in": self.frames_in,
                    "audio_frames": self.audio_frames},
         )
+
+    # --- what the log may show (stt.redaction) -------------------------------------------------------------
+
+    @property
+    def public_path(self) -> str:
+        """The handshake's path as logs show it: a key in it (Scriptix /v2/client/<token>) redacted."""
+        return redact_path(self.dialect.handshake.path, getattr(self.dialect, "secret_path", None), self._secrets())
+
+    def redact(self, text: str) -> str:
+        """`text` without the connection's secrets: its key, however it came (handshake or start message)."""
+        return redact(text, self._secrets())
+
+    def _secrets(self) -> list[str | None]:
+        handshake = self.dialect.handshake
+        return [*connection_secrets(handshake.path, handshake.query, handshake.headers,
+                                    getattr(self.dialect, "secret_path", None)), self.dialect.credential()]
 
     # --- the server shutting down -------------------------------------------------------------------------
 
@@ -354,7 +377,7 @@ class Session:
                 self._end(event.rule, event.detail)
                 await trio.lowlevel.checkpoint()  # we are cancelled here
             else:
-                log.info("session %s: %s %s", self.id, event.rule.id, event.detail)
+                log.info("session %s: %s %s", self.id, event.rule.id, self.redact(event.detail))
                 self.violations[event.rule.id] += 1
                 await self._out_send.send(event)
         elif isinstance(event, Reply):
@@ -375,6 +398,11 @@ class Session:
             if self.dialect.credential_in_start and not self._authorise(self.dialect.credential()):
                 self._end("unauthorised", "missing or invalid API key")  # the key came in the start message
                 await trio.lowlevel.checkpoint()  # we are cancelled here
+            if self.dialect.credential_in_start:  # counted now, under --max-sessions-per-key
+                self.refused_key = self.admission.claim(self.dialect.credential())
+                if self.refused_key is not None:
+                    self._end("busy", self.refused_key[1])  # the dialect's busy error and close
+                    await trio.lowlevel.checkpoint()  # we are cancelled here
             self._configured = True
             await self._audio_send.send(event)
             if self.logbook is not None:

@@ -66,8 +66,9 @@ def test_stt_serve_fault_is_checked_at_start_up():
 
 
 def quick_server(**config):
-    """The scripted engine, and a Speechmatics client that does not close after EndOfTranscript is closed soon."""
-    return running_server(limits=SessionLimits(close_grace=0.2), **config)
+    """The scripted engine, and a Speechmatics client that does not close after EndOfTranscript is closed soon;
+    clients may bring their own fault plans (--allow-client-faults)."""
+    return running_server(limits=SessionLimits(close_grace=0.2), **{"allow_client_faults": True, **config})
 
 
 async def speechmatics(server, faults: str = "", *, partials: bool = False, query: str = ""):

@@ -32,31 +32,32 @@ from pathlib import Path
 from typing import IO, Callable, Iterable, Iterator
 
 from stt.events import Audio, AudioFormat
+from stt.redaction import REDACTED, SECRET_NAMES, connection_secrets, redact, redact_items, redact_path
 
-#: Header and query names whose values are credentials: never written to a logbook.
-SECRET_NAMES = {"authorization", "x-api-key", "api_key", "apikey", "api-key", "key", "token", "access_token",
-                "jwt", "x-zoom-s2t-key", "x-voci-token", "sec-websocket-key"}
-#: A credential shorter than this is not searched for in paths and frames (it would redact ordinary text).
-_MIN_SECRET = 4
-REDACTED = "<redacted>"
 #: A connection asks to be recorded (stt serve --conformance DIR --conformance-opt-in) by either, set to 1.
 CONFORMANCE_HEADER = "x-stt-conformance"
 CONFORMANCE_QUERY = "stt_conformance"
 
 
-def redacted(items: dict[str, str], scrub: Callable[[str], str] = lambda text: text) -> dict[str, str]:
-    return {k: REDACTED if k.lower() in SECRET_NAMES else scrub(v) for k, v in items.items()}
+def redacted(items: dict[str, str], secrets: Iterable[str | None] = ()) -> dict[str, str]:
+    """stt.redaction.redact_items: the one redaction of the server's logs, logbooks and reports."""
+    return redact_items(items, secrets)
 
 
 class Logbook:
     """Writes one session's records as they happen (`clock` gives the seconds since the connection opened).
 
     `secret` gives the credential the client presented, once the dialect knows it (in the handshake, or in a
-    start message): it is replaced by "<redacted>" wherever it appears, in the path, the query and header values,
-    and text frames. A replay of such a frame sends "<redacted>" instead of the key."""
+    start message), and `secrets` what else the handshake carried (connection_secrets): they are replaced by
+    "<redacted>" wherever they appear, in the path, the query and header values, and text frames, by
+    stt.redaction.redact, as in the server's log. `secret_path` is the dialect's pattern of a path that holds
+    the key (Scriptix stream mode): that segment is redacted whatever its length. A replay of such a frame sends
+    "<redacted>" instead of the key."""
 
-    def __init__(self, file: IO[str], clock, secret: Callable[[], str | None] = lambda: None):
+    def __init__(self, file: IO[str], clock, secret: Callable[[], str | None] = lambda: None, *,
+                 secrets: Iterable[str] = (), secret_path=None):
         self._file, self._clock, self._secret = file, clock, secret
+        self._secrets, self._secret_path = tuple(secrets), secret_path
         self.frames = 0
         self._last_in: int | None = None
 
@@ -65,13 +66,17 @@ class Logbook:
 
     def opened(self, session: str, dialect: str, path: str, query: dict, headers: dict, faults: str,
                state: str) -> None:
-        self._write({"kind": "open", "session": session, "dialect": dialect, "path": self._scrub(path),
-                     "query": redacted(query, self._scrub), "headers": redacted(headers, self._scrub),
+        secrets = self._known()
+        self._write({"kind": "open", "session": session, "dialect": dialect,
+                     "path": redact_path(path, self._secret_path, secrets),
+                     "query": redact_items(query, secrets), "headers": redact_items(headers, secrets),
                      "faults": faults, "state": state})
 
+    def _known(self) -> tuple[str | None, ...]:
+        return (*self._secrets, self._secret())
+
     def _scrub(self, text: str) -> str:
-        secret = self._secret()
-        return text.replace(secret, REDACTED) if secret and len(secret) >= _MIN_SECRET else text
+        return redact(text, self._known())
 
     def frame(self, direction: str, frame: str | bytes, state: str, events: Iterable[object] = (), *,
               early: bool = False) -> int:
@@ -113,7 +118,9 @@ def open_logbook(directory: Path, session: str, dialect, handshake, faults: str,
     at a time, so that what a session has done so far is on disk while it runs."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / f"{session}.jsonl", "w", encoding="utf-8", buffering=1) as file:
-        logbook = Logbook(file, clock, dialect.credential)
+        pattern = getattr(dialect, "secret_path", None)
+        logbook = Logbook(file, clock, dialect.credential, secret_path=pattern,
+                          secrets=connection_secrets(handshake.path, handshake.query, handshake.headers, pattern))
         logbook.opened(session, dialect.name, handshake.path, handshake.query, handshake.headers, faults,
                        dialect.machine.state)
         yield logbook

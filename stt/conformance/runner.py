@@ -33,6 +33,7 @@ from stt.conformance.catalogue import Case, cases as catalogue_cases, chart_of, 
 from stt.conformance.profiles import CLOSE, PROFILES, Frame, Profile
 from stt.conformance.report import CaseResult, Report, to_html, to_json, to_junit, to_text, utc_now
 from stt.statechart import Chart
+from stt.redaction import redact
 
 #: At most this long (seconds) the runner watches for an answer that should not come (an error after a
 #: transition, a close after a non-fatal rule's answer).
@@ -278,7 +279,7 @@ async def run_case(case: Case, url: str, *, api_key: str | None = None, timeout:
 
     def result(verdict: str, details: str = "") -> CaseResult:
         return CaseResult(id=case.id, requirement=case.requirement, verdict=verdict,
-                          rule=case.rule.id if case.rule else None, details=details,
+                          rule=case.rule.id if case.rule else None, details=redact(details, [api_key]),
                           duration=round(time.monotonic() - start, 3))
 
     reason = skip_reason(case, profile)

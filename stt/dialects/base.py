@@ -85,6 +85,9 @@ class Dialect(Protocol):
     #: The client's key may come in its start message (Scriptix's {"action":"start","key":…}): credential() is
     #: checked again when the dialect's Configure arrives, and a connection without one is not refused at once.
     credential_in_start: bool
+    #: Optional (getattr): a pattern of the paths whose `token` group is the key (Scriptix stream mode), so that
+    #: logs, logbooks and reports redact that segment (stt.redaction.redact_path).
+    # secret_path: re.Pattern | None
     #: Seconds the client has to send its start message (None: only the message idle timeout applies); the
     #: session then ends with the chart's idle_timeout ending.
     start_timeout: float | None

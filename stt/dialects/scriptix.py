@@ -98,6 +98,7 @@ class ScriptixDialect:
     speech_idle_timeout = None
     start_timeout: float | None = START_TIMEOUT
     credential_in_start = True  # per connection: False when the upgrade brought a token (see __init__)
+    secret_path = STREAM_PATH  # its `token` group is the key: never logged (stt.redaction.redact_path)
 
     @staticmethod
     def match(path: str) -> bool:

@@ -51,7 +51,8 @@ def logbook(gap=0.02, audio_frames=3, end=True, close=None, path="/v2", query=No
 
 
 def server():
-    return running_server(limits=SessionLimits(close_grace=0.1))
+    """A server that serves recorded fault plans (--allow-client-faults)."""
+    return running_server(limits=SessionLimits(close_grace=0.1), allow_client_faults=True)
 
 
 def messages(lines: list[str]) -> list[str]:
