@@ -224,7 +224,7 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         max_sessions_per_key=settings.max_sessions_per_key,
         admin_host=settings.admin_host,
         admin_port=settings.admin_port,
-        conformance_dir=_path(settings.conformance),
+        conformance_dir=Path(settings.conformance) if settings.conformance else None,  # a Path: open_logbook mkdirs it
         conformance_opt_in=settings.conformance_opt_in,
         faults=_faults(settings.fault),
         allow_client_faults=settings.allow_client_faults,

@@ -4,6 +4,11 @@ MP3/AAC segments, read as it streams. The bytes go to stt.audio like any client'
 Fetching URLs for a client is a server-side request forgery risk: by default a URL whose host resolves to a
 loopback, private, link-local, multicast or reserved address is refused (allow_private lifts that, for a
 server on a private network and for tests). Every URL is checked, redirects and playlist segments included.
+An IPv6 address that carries an IPv4 address inside (IPv4-mapped ::ffff:a.b.c.d, IPv4-compatible ::a.b.c.d,
+NAT64 64:ff9b::/96 and 64:ff9b:1::/48, 6to4 2002::/16, Teredo 2001::/32) is judged by the IPv4 inside, which is
+where a translator would send the request (`is_public`). The client is told only that its URL's host is not a
+public address (UrlNotAllowed's message), never which address its name resolved to: that would make the server
+a DNS oracle for the operator's internal names; the operator's log gets the address (`UrlNotAllowed.reason`).
 Not covered: a DNS server that answers the check with a public address and the fetch with a private one
 (rebinding); pin the address in a proxy if that matters.
 
@@ -30,12 +35,76 @@ class FetchError(Exception):
     """The audio URL cannot be read; the message says why, for the client."""
 
 
+#: What a client whose URL is refused by the guard is told (and nothing more): NOT_ALLOWED: WHY_NOT.
+NOT_ALLOWED, WHY_NOT = "the stream URL is not allowed", "its host is not a public address"
+NOT_PUBLIC = f"{NOT_ALLOWED}: {WHY_NOT}"
+
+
+class UrlNotAllowed(FetchError):
+    """The URL's host is not a public address. The message (NOT_PUBLIC) is the client's; `reason`, which names
+    the host and the address, is for the operator's log only."""
+
+    def __init__(self, reason: str):
+        super().__init__(NOT_PUBLIC)
+        self.reason = reason
+
+
+_NAT64 = ipaddress.IPv6Network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.IPv6Network("64:ff9b:1::/48")  # RFC 8215: local-use translators
+_IPV4_COMPATIBLE = ipaddress.IPv6Network("::/96")  # ::a.b.c.d, deprecated (RFC 4291) but still routed by some
+
+
+def embedded_ipv4(address: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
+    """The IPv4 addresses an IPv6 address carries (empty: none): mapped, IPv4-compatible (not :: and ::1, which
+    are addresses of their own), NAT64 (the last 32 bits; a local-use 64:ff9b:1::/48 address in another layout
+    gives 0.0.0.0, never public), 6to4, and Teredo (its server and its client)."""
+    value = int(address)
+    if address.ipv4_mapped is not None:
+        return [address.ipv4_mapped]
+    if address in _IPV4_COMPATIBLE:
+        return [] if value <= 1 else [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
+    if address in _NAT64:
+        return [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
+    if address in _NAT64_LOCAL:
+        # The translator's prefix length is the operator's choice (RFC 6052: /48 to /96), so the IPv4 may sit
+        # elsewhere than in the last 32 bits: only the /96 layout (bits 48-95 zero) is judged by its IPv4; any
+        # other is refused (0.0.0.0), whatever the IPv4 a /48, /56 or /64 layout would find.
+        if (value >> 32) & ((1 << 48) - 1):
+            return [ipaddress.IPv4Address(0)]
+        return [ipaddress.IPv4Address(value & 0xFFFFFFFF)]
+    if address.sixtofour is not None:
+        return [address.sixtofour]
+    if address.teredo is not None:
+        return list(address.teredo)
+    return []
+
+
+def is_public(address: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
+    """Whether the server may fetch from `address`: a global unicast address; one that carries an IPv4 address
+    (embedded_ipv4) is public when every IPv4 inside is."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.scope_id:
+            return False  # fe80::1%eth0: a link-local zone
+        inside = embedded_ipv4(address)
+        if inside:
+            return all(is_public(v4) for v4 in inside)
+        if address.is_site_local:
+            return False
+    return address.is_global and not address.is_multicast
+
+
+async def resolve(host: str, port: int) -> list[str]:
+    """The addresses `host` resolves to (the system resolver, as the fetch itself will use)."""
+    return [sockaddr[0] for *_, sockaddr in await trio.socket.getaddrinfo(host, port)]
+
+
 #: What httpx raises for a request that fails, a URL it cannot parse included (InvalidURL is no HTTPError).
 _HTTP_ERRORS = (httpx.HTTPError, httpx.InvalidURL)
 
 
-async def check_url(url: str, *, allow_private: bool = False) -> None:
-    """Refuse what is not http(s), and (unless allow_private) hosts that resolve to non-public addresses."""
+async def check_url(url: str, *, allow_private: bool = False, resolver=resolve) -> None:
+    """Refuse what is not http(s), and (unless allow_private) hosts that resolve to non-public addresses
+    (UrlNotAllowed). `resolver(host, port)` gives a host's addresses (tests stub it)."""
     try:
         parts = urlsplit(url)
         port = parts.port  # a port out of range raises here
@@ -47,13 +116,17 @@ async def check_url(url: str, *, allow_private: bool = False) -> None:
     if allow_private:
         return
     try:
-        infos = await trio.socket.getaddrinfo(parts.hostname, port or (443 if parts.scheme == "https" else 80))
-    except OSError as exc:
-        raise FetchError(f"cannot resolve {parts.hostname}: {exc}") from None
-    for *_, sockaddr in infos:
-        address = ipaddress.ip_address(sockaddr[0])
-        if not address.is_global or address.is_multicast:
-            raise FetchError(f"{parts.hostname} resolves to {address}, which is not a public address")
+        addresses = [ipaddress.ip_address(parts.hostname)]  # a literal address: no lookup
+    except ValueError:
+        try:
+            found = await resolver(parts.hostname, port or (443 if parts.scheme == "https" else 80))
+        except OSError:
+            raise FetchError(f"cannot resolve the stream URL's host {parts.hostname}") from None
+        addresses = [ipaddress.ip_address(a) for a in found]
+    for address in addresses:
+        if not is_public(address):
+            raise UrlNotAllowed(f"{parts.hostname} is {address}" if str(address) == parts.hostname else
+                                f"{parts.hostname} resolves to {address}")
 
 
 def _is_playlist(url: str, content_type: str, head: bytes) -> bool:
@@ -164,4 +237,5 @@ async def _get_text(client: httpx.AsyncClient, url: str) -> str:
     return body.decode("utf-8", "replace")
 
 
-__all__ = ["FetchError", "check_url", "parse_playlist", "stream_url"]
+__all__ = ["NOT_ALLOWED", "NOT_PUBLIC", "WHY_NOT", "FetchError", "UrlNotAllowed", "check_url", "embedded_ipv4", "is_public", "parse_playlist",
+           "resolve", "stream_url"]

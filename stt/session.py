@@ -40,7 +40,7 @@ from stt.admission import Ticket, Unlimited
 from stt.audio import BadAudio, UnsupportedAudio, open_decoder
 from stt.dialects.base import Dialect, render_shutting_down
 from stt.engines.base import Engine, StreamSettings
-from stt.fetch import FetchError, stream_url
+from stt.fetch import WHY_NOT, FetchError, UrlNotAllowed, stream_url
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -635,8 +635,17 @@ class Session:
                     self._arrivals.append(trio.current_time())
                     await self._audio_send.send(Audio(chunk))
                     self.audio_frames += 1
+        except UrlNotAllowed as exc:  # the client learns no address; the operator, which flag lifts the guard
+            log.warning("session %s: stream URL refused: %s, not a public address (--allow-private-urls lifts this)",
+                        self.id, exc.reason, extra={"session": self.id, "dialect": self.dialect.name})
+            rule_id = getattr(self.dialect, "url_not_allowed_rule", None)
+            if rule_id:
+                self._end(self.dialect.chart.rule(rule_id), WHY_NOT)
+            else:
+                self._end("bad_audio", str(exc))
+            return
         except FetchError as exc:
-            self._end("bad_audio", str(exc))
+            self._end("bad_audio", self.redact(str(exc)))
             return
         await self._audio_send.send(EndOfAudio())
 

@@ -375,3 +375,49 @@ def test_a_negative_limit_is_refused_naming_the_flag(flag):
 
     with pytest.raises(ConfigError, match=f"{flag} must be 0"):
         _server_config(["serve", flag, "-1"])
+
+
+async def test_a_key_in_the_scriptix_start_action_is_counted_by_the_per_key_limit():
+    """Through `stt serve`: two Scriptix sessions with one key, given in the start action, under
+    --max-sessions-per-key 1. The second is ended with Scriptix's busy error when its key arrives; the first goes on;
+    another key has its own count; and once the first ends, the key may be used again."""
+    from tests.test_shutdown import listening_port, serve_process
+
+    start = json.dumps({"action": "start", "key": "alpha-key"})
+    async with serve_process("--api-key", "alpha-key", "--api-key", "beta-key", "--max-sessions-per-key", "1") \
+            as (_, log):
+        with trio.fail_after(20):
+            url = f"ws://127.0.0.1:{await listening_port(log)}/v2/realtime"
+            async with open_websocket_url(url) as first:
+                await first.send_message(start)
+                assert json.loads(await first.get_message())["state"] == "listening"
+                async with open_websocket_url(url) as second:
+                    await second.send_message(start)
+                    messages, code, _ = await read_until_closed(second)
+                assert messages == [{"error": "too many sessions, try again later"}] and code == 1000
+                async with open_websocket_url(url) as other:
+                    await other.send_message(json.dumps({"action": "start", "key": "beta-key"}))
+                    assert json.loads(await other.get_message())["state"] == "listening"
+                await first.send_message(silence(0.2))
+                await first.send_message('{"action":"stop"}')
+                messages, code, _ = await read_until_closed(first)
+                assert messages[-1] == {"state": "stopped"} and code == 1000
+            async with open_websocket_url(url) as again:
+                await again.send_message(start)
+                assert json.loads(await again.get_message())["state"] == "listening"
+            line = await log.wait_for_json(lambda line: line.get("ending") == "busy")
+            assert line["dialect"] == "scriptix" and "for this API key" in line["message"]
+    assert "alpha-key" not in str(log) and "beta-key" not in str(log)
+
+
+async def test_a_start_message_key_over_its_limit_gives_its_count_back():
+    async with running_server(api_keys=["alpha"], max_sessions_per_key=1) as server:
+        async with connect(server, "/v2/realtime") as first:
+            await first.send_message('{"action":"start","key":"alpha"}')
+            assert json.loads(await first.get_message())["state"] == "listening"
+            for _ in range(3):
+                async with connect(server, "/v2/realtime") as refused:
+                    await refused.send_message('{"action":"start","key":"alpha"}')
+                    assert (await read_until_closed(refused))[0] == [{"error": "too many sessions, try again later"}]
+            assert list(server.admitted_by_key.values()) == [1]
+        await wait_until(lambda: not server.admitted_by_key and server.admitted == 0)

@@ -10,7 +10,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from stt.config import ConfigError, resolve, server_config
 from stt.cli import _parser
 from stt.dialects import DIALECTS
-from stt.faults import DROP, FaultError, parse_faults
+from stt.faults import DROP, FaultError, parse_faults, within_limits
 from stt.session import SessionLimits
 from tests.helpers import frames_of, running_server, silence, start_message
 
@@ -292,3 +292,62 @@ async def test_a_client_that_leaves_while_its_greeting_is_stalled_ends_its_sessi
         with trio.fail_after(3):
             while server.sessions or server.connections.open:
                 await trio.sleep(0.02)
+
+
+# --- who may ask (stt serve --allow-client-faults), and how far ---------------------------------------------
+
+
+def test_a_clients_plan_is_cut_to_the_servers_limits_and_the_operators_is_not():
+    plan = parse_faults("idle=3600s, stall=900s@1s, delay=10s, ack-delay=2s", CHARTS["speechmatics"])
+    cut = within_limits(plan, idle_timeout=5.0)
+    assert (cut.idle_timeout, cut.stall_for, cut.delay, cut.ack_delay, cut.stall_at) == (5.0, 5.0, 5.0, 2.0, 1.0)
+    assert within_limits(parse_faults("stall", CHARTS["speechmatics"]), 60.0, max_session_seconds=20.0).stall_for == 20
+    assert within_limits(parse_faults("idle=1s", CHARTS["speechmatics"]), 5.0).idle_timeout == 1.0  # only cut
+
+
+async def test_stt_serve_refuses_a_clients_plan_with_403_naming_the_flag_and_serves_it_with_the_flag():
+    from tests.test_shutdown import listening_port, serve_process
+
+    async with serve_process() as (_, log):
+        with trio.fail_after(15):
+            port = await listening_port(log)
+            for ask in ({"extra_headers": [("x-stt-fault", "error=quota_exceeded")]}, {"query": "?stt_fault=drop"}):
+                with pytest.raises(ConnectionRejected) as info:
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}/v2{ask.get('query', '')}",
+                                                  extra_headers=ask.get("extra_headers", [])):
+                        pass
+                assert info.value.status_code == 403
+                assert "--allow-client-faults" in info.value.body.decode() and info.value.body.count(b"\n") == 1
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/v2") as ws:  # no plan: served as ever
+                await started(ws)
+            await log.wait_for(r"a client fault plan refused \(403\): --allow-client-faults lifts this")
+    async with serve_process("--allow-client-faults") as (_, log):
+        with trio.fail_after(15):
+            port = await listening_port(log)
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/v2",
+                                          extra_headers=[("x-stt-fault", "error=quota_exceeded")]) as ws:
+                messages, code = await messages_until_closed(ws)
+            assert messages[-1]["type"] == "quota_exceeded" and code == 4005
+
+
+async def test_a_clients_idle_fault_cannot_hold_the_servers_slots_past_its_idle_timeout():
+    """The issue's case: `x-stt-fault: idle=3600s` against --idle-timeout 1 and --max-sessions 2. Both silent
+    clients are ended by the server's own idle timeout, and a third client is served."""
+    from tests.test_shutdown import listening_port, serve_process
+
+    plan = [("x-stt-fault", "idle=3600s")]
+    async with serve_process("--allow-client-faults", "--idle-timeout", "1", "--max-sessions", "2") as (_, log):
+        with trio.fail_after(20):
+            port = await listening_port(log)
+            url = f"ws://127.0.0.1:{port}/v2"
+            async with open_websocket_url(url, extra_headers=plan) as one, \
+                    open_websocket_url(url, extra_headers=plan) as two:
+                await started(one)
+                await started(two)
+                began = trio.current_time()
+                for ws in (one, two):
+                    messages, code = await messages_until_closed(ws, timeout=6)
+                    assert [m["type"] for m in messages] == ["idle_timeout"] and code == 1008
+                assert trio.current_time() - began < 4
+            async with open_websocket_url(url) as third:
+                await started(third)  # a free slot: not quota_exceeded

@@ -2,13 +2,14 @@
 of AAC segments made from real speech, a master playlist, a live playlist, failures, and the refusal of
 private addresses unless allowed."""
 
+import ipaddress
 import wave
 from contextlib import aclosing
 
 import numpy as np
 import pytest
 
-from stt.fetch import FetchError, check_url, parse_playlist, stream_url
+from stt.fetch import FetchError, UrlNotAllowed, check_url, embedded_ipv4, is_public, parse_playlist, stream_url
 from tests.helpers import DATA, encode_audio, serve_directory
 
 
@@ -111,3 +112,74 @@ async def test_a_playlist_over_the_size_limit_is_refused_as_it_arrives(served, m
     monkeypatch.setattr("stt.fetch.MAX_PLAYLIST_BYTES", 100)
     with pytest.raises(FetchError, match="too large"):
         await read_all(f"{base}/speech.m3u8")
+
+
+# --- the guard: IPv4 inside IPv6, and what the client is told ------------------------------------------------
+
+
+def stub_resolver(*addresses: str):
+    """A resolver that answers every name with these addresses (no DNS is asked)."""
+    async def resolve(host: str, port: int) -> list[str]:
+        return list(addresses)
+    return resolve
+
+
+#: Internal IPv4 addresses carried inside IPv6 ones, each form the guard must see through.
+EMBEDDED_INTERNAL = {
+    "ipv4-compatible": "::127.0.0.1",
+    "ipv4-compatible-private": "::10.0.0.1",
+    "ipv4-mapped": "::ffff:127.0.0.1",
+    "ipv4-mapped-metadata": "::ffff:169.254.169.254",
+    "nat64": "64:ff9b::7f00:1",
+    "nat64-private": "64:ff9b::c0a8:1",
+    "nat64-local-use": "64:ff9b:1::a00:1",
+    "nat64-local-use-other-layout": "64:ff9b:1:c000:2:100::",
+    "6to4": "2002:7f00:1::1",
+    "6to4-private": "2002:a00:1::",
+    "teredo-server-internal": "2001:0:a00:1::1",
+    "teredo-client-internal": "2001:0:c000:201:0:0:80ff:fffe",  # client 127.0.0.1 (stored inverted)
+}
+#: The same forms around public addresses (documentation ranges are not public, so these are well-known public
+#: resolvers' addresses, only ever classified here, never connected to).
+EMBEDDED_PUBLIC = {
+    "ipv4-mapped": "::ffff:8.8.8.8",
+    "nat64": "64:ff9b::808:808",
+    "nat64-local-use": "64:ff9b:1::808:808",
+    "6to4": "2002:808:808::1",
+    "teredo": "2001:0:808:808:0:0:f7f7:f7f7",
+}
+
+
+@pytest.mark.parametrize("address", EMBEDDED_INTERNAL.values(), ids=EMBEDDED_INTERNAL.keys())
+def test_an_ipv6_address_that_carries_an_internal_ipv4_is_not_public(address):
+    parsed = ipaddress.ip_address(address)
+    assert embedded_ipv4(parsed) and not is_public(parsed)
+
+
+@pytest.mark.parametrize("address", EMBEDDED_PUBLIC.values(), ids=EMBEDDED_PUBLIC.keys())
+def test_an_ipv6_address_that_carries_a_public_ipv4_is_judged_by_it(address):
+    assert is_public(ipaddress.ip_address(address))
+
+
+@pytest.mark.parametrize("address", [*EMBEDDED_INTERNAL.values(), "10.0.0.7", "fd00::1", "fe80::1", "::1",
+                                     "192.0.2.10", "2001:db8::1"])
+async def test_a_name_that_resolves_to_an_internal_address_is_refused_without_naming_it(address):
+    with pytest.raises(UrlNotAllowed) as info:
+        await check_url("http://media.internal.test/a.mp3", resolver=stub_resolver("8.8.8.8", address))
+    assert str(info.value) == "the stream URL is not allowed: its host is not a public address"
+    assert address not in str(info.value) and ipaddress.ip_address(address).compressed not in str(info.value)
+    assert address in info.value.reason or ipaddress.ip_address(address).compressed in info.value.reason  # the log's
+    await check_url("http://media.internal.test/a.mp3", allow_private=True,
+                    resolver=stub_resolver(address))  # the operator may lift it
+
+
+@pytest.mark.parametrize("address", EMBEDDED_INTERNAL.values(), ids=EMBEDDED_INTERNAL.keys())
+async def test_a_literal_embedded_address_is_refused_without_asking_the_resolver(address):
+    async def no_dns(host, port):
+        raise AssertionError("a literal address needs no lookup")
+    with pytest.raises(UrlNotAllowed, match="its host is not a public address"):
+        await check_url(f"http://[{address}]:8080/a.wav", resolver=no_dns)
+
+
+async def test_a_name_that_resolves_only_to_public_addresses_passes():
+    await check_url("https://media.example.test/a.mp3", resolver=stub_resolver("8.8.8.8", "64:ff9b::808:808"))

@@ -71,3 +71,22 @@ async def test_private_addresses_are_refused_unless_the_server_allows_them(site)
     async with running_server() as server:
         frames, code = await listen(server.port, f"{site}/goforward.mp3")
     assert "not a public address" in json.loads(frames[-1])["error"] and code == 1000
+
+
+@pytest.mark.parametrize("host", ["[::127.0.0.1]", "[64:ff9b::7f00:1]", "[2002:7f00:1::1]", "[::ffff:10.0.0.1]",
+                                  "192.0.2.1"])
+async def test_a_refused_stream_url_names_no_address_and_the_log_names_the_flag_that_lifts_it(host):
+    """Through `stt serve`: the client is told its URL is not allowed (not that its audio could not be decoded),
+    without the address; the operator's log says which address, and --allow-private-urls."""
+    import trio
+
+    from tests.test_shutdown import listening_port, serve_process
+
+    async with serve_process() as (_, log):
+        with trio.fail_after(20):
+            port = await listening_port(log)
+            frames, code = await listen(port, f"http://{host}:8000/a.wav")
+            line = await log.wait_for_json(lambda line: "stream URL refused" in line["message"])
+    assert json.loads(frames[-1]) == {"error": "the stream URL is not allowed: its host is not a public address"}
+    assert code == 1000
+    assert "--allow-private-urls" in line["message"] and host.strip("[]") in line["message"]

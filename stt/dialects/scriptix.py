@@ -99,6 +99,7 @@ class ScriptixDialect:
     start_timeout: float | None = START_TIMEOUT
     credential_in_start = True  # per connection: False when the upgrade brought a token (see __init__)
     secret_path = STREAM_PATH  # its `token` group is the key: never logged (stt.redaction.redact_path)
+    url_not_allowed_rule = "SX-STREAM-003"  # the stream URL's host is not public (stt.fetch.UrlNotAllowed)
 
     @staticmethod
     def match(path: str) -> bool:
