@@ -6,7 +6,8 @@ servers, in tests, do not share one). `stt/admin.py` serves them at /metrics.
                                                   (stt.statechart.ENDINGS, or "violation"), the chart rule, the
                                                   WebSocket close code (1006: the connection dropped)
     stt_connections_rejected_total{dialect,reason}  connections refused at the upgrade or right after it, by
-                                                  reason: no_dialect, bad_handshake, unauthorised, max_sessions,
+                                                  reason: no_dialect, bad_handshake, bad_fault_plan,
+                                                  client_faults_off, unauthorised, max_sessions,
                                                   max_sessions_per_key, shutting_down
     stt_rule_violations_total{dialect,rule}       rules clients broke without ending their session
     stt_audio_seconds_total{dialect}              audio decoded for the recognizer, in seconds of audio
