@@ -192,7 +192,9 @@ class Server:
             log.info("no dialect serves %s: 404", path)
             await request.reject(404, body=f"no dialect serves the path {handshake.path}\n".encode())
             return
-        if client_plan and not self.client_faults_allowed:
+        if client_plan is not None and not self.client_faults_allowed and not client_plan.strip():
+            client_plan = None  # an empty plan asks for nothing, and may not set the operator's --fault aside
+        if client_plan is not None and not self.client_faults_allowed:
             lifecycle.advance("reject")
             self.metrics.reject(dialect_cls.name, "client_faults_off")
             log.info("%s: a client fault plan refused (403): %s lifts this", path, ALLOW_CLIENT_FAULTS_FLAG,

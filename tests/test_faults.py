@@ -351,3 +351,10 @@ async def test_a_clients_idle_fault_cannot_hold_the_servers_slots_past_its_idle_
                 assert trio.current_time() - began < 4
             async with open_websocket_url(url) as third:
                 await started(third)  # a free slot: not quota_exceeded
+
+
+async def test_without_the_permission_an_empty_client_plan_does_not_set_the_operators_plan_aside():
+    async with running_server(faults="error=quota_exceeded") as server:
+        async with await speechmatics(server, query="?stt_fault=") as ws:
+            messages, code = await messages_until_closed(ws)
+        assert messages[-1]["type"] == "quota_exceeded" and code == 4005

@@ -94,3 +94,17 @@ async def test_the_scriptix_path_token_never_reaches_a_conformance_logbook_or_re
             assert token not in text, f"{path.name}: {text}"
     opened = [json.loads(p.read_text().splitlines()[0]) for p in written if p.suffix == ".jsonl"]
     assert [o["path"] for o in opened] == ["/v2/client/<redacted>"] * 3
+
+
+def test_both_log_formats_hide_a_credentials_value_whoever_logged_it():
+    import logging
+
+    from stt.logs import JsonFormatter, TextFormatter
+
+    record = logging.LogRecord("stt.elsewhere", logging.WARNING, __file__, 1, "fetching %s", (
+        "http://192.0.2.1/a.wav?api_key=q9q9q9q9&lang=en",), None)
+    record.url = "ws://127.0.0.1:9000/v2?jwt=e30.e30.sig"
+    line = json.loads(JsonFormatter().format(record))
+    assert line["message"] == f"fetching http://192.0.2.1/a.wav?api_key={REDACTED}&lang=en"
+    assert line["url"] == f"ws://127.0.0.1:9000/v2?jwt={REDACTED}"
+    assert "q9q9q9q9" not in TextFormatter().format(record)

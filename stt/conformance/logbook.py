@@ -103,10 +103,10 @@ class Logbook:
 
     def violation(self, rule: str, detail: str) -> None:
         """The client broke `rule`: with the last client frame, which broke it (None: before any)."""
-        self._write({"kind": "violation", "rule": rule, "detail": detail, "frame": self._last_in})
+        self._write({"kind": "violation", "rule": rule, "detail": self._scrub(detail), "frame": self._last_in})
 
     def closed(self, code: int, ending: str, rule: str, detail: str, state: str) -> None:
-        self._write({"kind": "close", "code": code, "ending": ending, "rule": rule, "detail": detail,
+        self._write({"kind": "close", "code": code, "ending": ending, "rule": rule, "detail": self._scrub(detail),
                      "state": state})
         self._file.flush()
 
