@@ -246,11 +246,12 @@ def to_junit(report: Report) -> str:
 
 _CSS = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #212529; }
-h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; }
+h1 { margin-bottom: 0.2em; } h2 { margin-top: 1.6em; } h1, h2, h3, dd { overflow-wrap: anywhere; }
 table { border-collapse: collapse; width: 100%; font-size: 0.92em; }
 th, td { border: 1px solid #dee2e6; padding: 0.3em 0.5em; text-align: left; vertical-align: top;
          overflow-wrap: anywhere; }
-td.id, td.rule { overflow-wrap: normal; } td.rule, td.severity { white-space: nowrap; }
+table.cases, table.timeline { table-layout: fixed; }  /* the widths the header gives; long text wraps */
+td.rule, td.severity { white-space: nowrap; overflow: hidden; text-overflow: ellipsis; }
 .requirement-of { color: #495057; font-weight: normal; }
 th { background: #f1f3f5; }
 dl.meta { display: grid; grid-template-columns: max-content auto; gap: 0.2em 1em; }
@@ -480,12 +481,13 @@ def to_html(report: Report) -> str:
     rules = any(c.rule and c.rule != c.id for c in report.cases)
     frames = any(c.frames for c in report.cases)
     out += ["</dl>", "<h2>Cases</h2>", "<p>Failed cases first.</p>" if any(c.failed for c in report.cases) else "",
-            '<table class="cases"><thead><tr><th style="width:18%">id</th><th style="width:7em">verdict</th>'
+            '<table class="cases"><thead><tr><th style="width:22%">id</th><th style="width:7em">verdict</th>'
             '<th style="width:6em">severity</th>' + ('<th style="width:8em">rule</th>' if rules else "")
             + "<th>requirement</th><th>details</th>" + ('<th style="width:5em">frames</th>' if frames else "")
             + "</tr></thead><tbody>"]
     for case in report.ordered():
-        out.append(f'<tr class="case-{_e(case.shown)}"><td class="id">{_id(case.id)}</td>'
+        shown_id = f'<a href="#case-{_e(case.id)}">{_id(case.id)}</a>' if case.exchange else _id(case.id)
+        out.append(f'<tr class="case-{_e(case.shown)}"><td class="id">{shown_id}</td>'
                    f'<td class="verdict v-{_e(case.shown)}">{_e(case.shown)}</td>'
                    f'<td class="severity">{_e(case.severity)}</td>'
                    + (f'<td class="rule">{_e(case.rule or "")}</td>' if rules else "")

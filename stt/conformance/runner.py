@@ -153,8 +153,10 @@ class Exchange(list):
         self._add({"kind": kind, **fields})
 
     def records(self) -> tuple[dict, ...]:
-        more = ({"t": round(time.monotonic() - self.start, 6), "kind": "note",
-                 "text": f"{self.left_out} more frames left out"},) if self.left_out else ()
+        now = round(time.monotonic() - self.start, 6)
+        if not self:
+            return ({"t": now, "kind": "note", "text": "the connection opened; no frame was sent or received"},)
+        more = ({"t": now, "kind": "note", "text": f"{self.left_out} more frames left out"},) if self.left_out else ()
         return (*self, *more)
 
 
@@ -331,12 +333,13 @@ async def run_case(case: Case, url: str, *, api_key: str | None = None, timeout:
     profile = PROFILES[case.dialect]
     start = time.monotonic()
     exchange = Exchange()
+    opened = False
 
     def result(verdict: str, details: str = "") -> CaseResult:
+        shown = opened and verdict not in ("pass", "skipped")
         return CaseResult(id=case.id, requirement=case.requirement, verdict=verdict,
                           rule=case.rule.id if case.rule else None, details=details,
-                          duration=round(time.monotonic() - start, 3),
-                          exchange=exchange.records() if verdict not in ("pass", "skipped") else ())
+                          duration=round(time.monotonic() - start, 3), exchange=exchange.records() if shown else ())
 
     reason = skip_reason(case, profile)
     if reason is not None:
@@ -348,6 +351,7 @@ async def run_case(case: Case, url: str, *, api_key: str | None = None, timeout:
         try:
             async with open_websocket_url(target, extra_headers=[(k.encode(), v.encode()) for k, v in headers.items()],
                                           connect_timeout=timeout, disconnect_timeout=timeout) as ws:
+                opened = True
                 verdict = await _drive(case, Wire(ws, profile, exchange), timeout, settle)
         except ConnectionRejected as exc:
             body = (exc.body or b"").decode("utf-8", "replace").strip()
