@@ -424,7 +424,7 @@ class Session:
                     stream = ChannelStreams(self.engine, settings, stack)
                     await stream.open(1)
                     self.lifecycle.advance("ready")
-                    await self._out_send.send(SessionStarted(self.id, config))  # the writer then sets _ready
+                    await self._out_send.send(SessionStarted(self.id, config, getattr(self.engine, "name", "")))  # the writer then sets _ready
                     await self._decode(stream, decoder)
         except BadAudio as exc:
             self._end("bad_audio", str(exc))
