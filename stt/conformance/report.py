@@ -480,8 +480,9 @@ def to_html(report: Report) -> str:
     # A client report's case is a rule (its id is the rule's): no rule column then.
     rules = any(c.rule and c.rule != c.id for c in report.cases)
     frames = any(c.frames for c in report.cases)
+    id_width = "22%" if any(len(c.id) > 16 for c in report.cases) else "9em"  # a rule id, or a hierarchical id
     out += ["</dl>", "<h2>Cases</h2>", "<p>Failed cases first.</p>" if any(c.failed for c in report.cases) else "",
-            '<table class="cases"><thead><tr><th style="width:22%">id</th><th style="width:7em">verdict</th>'
+            f'<table class="cases"><thead><tr><th style="width:{id_width}">id</th><th style="width:7em">verdict</th>'
             '<th style="width:6em">severity</th>' + ('<th style="width:8em">rule</th>' if rules else "")
             + "<th>requirement</th><th>details</th>" + ('<th style="width:5em">frames</th>' if frames else "")
             + "</tr></thead><tbody>"]

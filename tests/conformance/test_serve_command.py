@@ -139,3 +139,17 @@ async def test_a_session_whose_logbook_cannot_be_written_is_closed_1011_not_left
                 with pytest.raises(ConnectionClosed) as closed:
                     await ws.get_message()
     assert closed.value.reason.code == 1011
+
+
+@pytest.mark.parametrize("source", ["flag", "env", "toml"])
+def test_the_conformance_directory_reaches_the_server_as_a_path_from_every_source(tmp_path, source):
+    from stt.cli import _parser
+    from stt.config import resolve, server_config
+
+    directory = tmp_path / "reports"
+    toml = tmp_path / "stt.toml"
+    toml.write_text(f'conformance = "{directory}"\n')
+    argv, env = {"flag": (["--conformance", str(directory)], {}), "env": ([], {"STT_CONFORMANCE": str(directory)}),
+                 "toml": (["--config", str(toml)], {})}[source]
+    config = server_config(resolve(_parser, ["serve", *argv], env=env))
+    assert isinstance(config.conformance_dir, Path) and config.conformance_dir == directory
