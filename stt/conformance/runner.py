@@ -30,6 +30,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
 from stt.conformance.catalogue import Case, cases as catalogue_cases, chart_of, coverage, outcome
+from stt.conformance.logbook import REDACTED, redacted
 from stt.conformance.profiles import CLOSE, PROFILES, Frame, Profile
 from stt.conformance.report import CaseResult, Report, to_html, to_json, to_junit, to_text, utc_now
 from stt.statechart import Chart
@@ -131,10 +132,14 @@ class Exchange(list):
     LIMIT = 60
     TEXT_LIMIT = 2000
 
-    def __init__(self):
+    def __init__(self, secret: str | None = None):
         super().__init__()
         self.start = time.monotonic()
         self.left_out = 0
+        self.secret = secret  # the API key: never written to a report, should a frame carry it
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.secret, REDACTED) if self.secret else text
 
     def _add(self, record: dict) -> None:
         if len(self) >= self.LIMIT:
@@ -144,13 +149,14 @@ class Exchange(list):
 
     def frame(self, kind: str, frame: Frame) -> None:
         if isinstance(frame, str):
-            text = frame if len(frame) <= self.TEXT_LIMIT else frame[:self.TEXT_LIMIT] + f"… ({len(frame)} characters)"
+            text = self._scrub(frame)
+            text = text if len(text) <= self.TEXT_LIMIT else text[:self.TEXT_LIMIT] + f"… ({len(text)} characters)"
             self._add({"kind": kind, "type": "text", "text": text, "bytes": len(frame.encode())})
         else:
             self._add({"kind": kind, "type": "binary", "bytes": len(frame)})
 
     def note(self, kind: str, **fields) -> None:
-        self._add({"kind": kind, **fields})
+        self._add({"kind": kind, **{k: self._scrub(v) if isinstance(v, str) else v for k, v in fields.items()}})
 
     def records(self) -> tuple[dict, ...]:
         now = round(time.monotonic() - self.start, 6)
@@ -332,7 +338,7 @@ async def run_case(case: Case, url: str, *, api_key: str | None = None, timeout:
     refused")."""
     profile = PROFILES[case.dialect]
     start = time.monotonic()
-    exchange = Exchange()
+    exchange = Exchange(api_key)
     opened = False
 
     def result(verdict: str, details: str = "") -> CaseResult:
@@ -411,8 +417,15 @@ async def run_catalogue(url: str, dialect: str, *, api_key: str | None = None, p
     # connection did not open (refused, or nothing listening): they exercised nothing.
     ran = [case for case, result in zip(chosen, results) if result.verdict != "skipped"
            and not result.details.startswith((NO_CONNECTION, "the upgrade was refused"))]
-    return Report(kind="server", title=f"{chart.title}: server conformance", subject=url, dialect=dialect,
-                  cases=tuple(results), created=utc_now(), coverage=coverage(dialect, ran))
+    return Report(kind="server", title=f"{chart.title}: server conformance", subject=_without_secrets(url),
+                  dialect=dialect, cases=tuple(results), created=utc_now(), coverage=coverage(dialect, ran))
+
+
+def _without_secrets(url: str) -> str:
+    """The URL with the values of credential parameters (api_key, token, ...) replaced by "<redacted>"."""
+    parts = urlsplit(url)
+    query = redacted(dict(parse_qsl(parts.query, keep_blank_values=True)))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe="<>"), parts.fragment))
 
 
 def conform_command(args) -> int:

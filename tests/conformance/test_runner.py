@@ -11,7 +11,7 @@ from stt.cli import main
 from stt.conformance.catalogue import cases, chart_of, coverage, dialect_names
 from stt.conformance.profiles import PROFILES
 from stt.conformance.report import from_json, to_html, to_json, to_junit
-from stt.conformance.runner import Unreachable, run_catalogue
+from stt.conformance.runner import Exchange, Unreachable, run_catalogue
 from stt.session import SessionLimits
 from tests.helpers import running_server
 
@@ -204,6 +204,21 @@ async def test_a_case_that_did_not_pass_carries_the_frames_of_its_connection():
     assert "exchange:" in to_junit(report) and "StartRecognition" in to_junit(report).split("exchange:")[1]
     page = to_html(report)
     assert "Frames of the cases that did not pass" in page and "client→server" in page
+
+
+async def test_no_key_reaches_a_server_report_from_the_url_or_the_frames():
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, _black_hole, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/api/v1/stt/realtime/stream?api_key=s3cret-key&model=lucid-agent"
+        report = await run_catalogue(url, "yourvoic", pattern="yourvoic/transition/draining/end_of_transcript", timeout=0.3,
+                                     api_key="s3cret-key")
+        nursery.cancel_scope.cancel()
+    assert report.cases[0].verdict == "fail" and report.cases[0].exchange
+    assert "api_key=<redacted>" in report.subject
+    assert "s3cret-key" not in to_json(report) + to_html(report) + to_junit(report)
+    exchange = Exchange("s3cret-key")
+    exchange.frame("in", '{"action":"start","key":"s3cret-key"}')
+    assert exchange.records()[0]["text"] == '{"action":"start","key":"<redacted>"}'
 
 
 async def test_a_case_that_passed_carries_no_frames():
