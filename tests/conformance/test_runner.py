@@ -210,8 +210,8 @@ async def test_no_key_reaches_a_server_report_from_the_url_or_the_frames():
     async with trio.open_nursery() as nursery:
         server = await nursery.start(serve_websocket, _black_hole, "127.0.0.1", 0, None)
         url = f"ws://127.0.0.1:{server.port}/api/v1/stt/realtime/stream?api_key=s3cret-key&model=lucid-agent"
-        report = await run_catalogue(url, "yourvoic", pattern="yourvoic/transition/draining/end_of_transcript", timeout=0.3,
-                                     api_key="s3cret-key")
+        report = await run_catalogue(url, "yourvoic", pattern="yourvoic/transition/draining/end_of_transcript",
+                                     timeout=0.3, api_key="s3cret-key")
         nursery.cancel_scope.cancel()
     assert report.cases[0].verdict == "fail" and report.cases[0].exchange
     assert "api_key=<redacted>" in report.subject
