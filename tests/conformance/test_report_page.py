@@ -11,8 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from stt.conformance.logbook import read_logbook
-from stt.conformance.report import CaseResult, Report, from_json, to_html
+from stt.conformance.report import CaseResult, Report, to_html
 from stt.conformance.runner import run_catalogue
 from tests.helpers import DATA, running_server
 
