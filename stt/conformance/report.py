@@ -2,10 +2,15 @@
 case checks, a verdict per case; rendered as JSON (read back by `from_json`), HTML for a person, JUnit XML for CI,
 and plain text for a console (`to_text`). `write_report` writes the three files.
 
-Two kinds share the model: "server" reports (`stt conform`: one case per transition or forbidden pair of a chart)
-and "client" reports (`stt serve --conformance`: one case per rule a client must keep, failed by the findings
-against it, each naming the frames involved). A client report's HTML adds the session's timeline (its logbook,
-the frames of failed cases marked) and the dialect chart with the path taken (stt.conformance.svg).
+Two kinds share the model: "server" reports (`stt conform`: one case per transition or forbidden pair of a chart,
+a case that did not pass carrying its connection's frames, `exchange`) and "client" reports (`stt serve
+--conformance`: one case per rule a client must keep, failed by the findings against it, each naming the frames
+involved). A client report's HTML adds the session's timeline (its logbook, the frames of failed cases marked,
+runs of audio frames and their acknowledgements folded into one row each) and the dialect chart with the path
+taken (stt.conformance.svg).
+
+For a person (text and HTML) the failed cases come first, and a failed case of severity warning shows as a
+"warning" (CaseResult.shown), which does not fail the report; JSON and JUnit keep "fail" and the severity.
 """
 
 from __future__ import annotations
