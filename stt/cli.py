@@ -108,11 +108,13 @@ def _add_conformance_commands(commands) -> None:
     conform.add_argument("--junit", type=Path, metavar="PATH", help="also write the report as JUnit XML")
 
     report = commands.add_parser(
-        "report", allow_abbrev=False, help="render a conformance logbook's report again, offline",
-        description="Evaluate a session logbook (written by stt serve --conformance DIR) against its dialect's "
-                    "chart and client rules again, and write its JSON, HTML and JUnit reports beside it (or in "
-                    "--out). Exit status 1 when the client broke a rule of severity error.")
-    report.add_argument("logbook", type=Path, metavar="LOGBOOK", help="a .jsonl logbook")
+        "report", allow_abbrev=False, help="render conformance logbooks' reports again, offline",
+        description="Evaluate session logbooks (written by stt serve --conformance DIR) against their dialect's "
+                    "chart and client rules again, write each one's JSON, HTML and JUnit reports beside it (or in "
+                    "--out) and print them. Exit status 1 when a client broke a rule of severity error, 2 when a "
+                    "logbook cannot be read.")
+    report.add_argument("logbook", type=Path, nargs="+", metavar="LOGBOOK",
+                        help="a .jsonl logbook, or several (./conformance/*.jsonl)")
     report.add_argument("--out", type=Path, metavar="DIR", default=None, help="where to write (default: beside it)")
 
     replay = commands.add_parser(

@@ -150,6 +150,7 @@ class SessionStarted:
 
     session_id: str
     config: Configure
+    engine: str = ""  # the engine that serves it (stt.engines: whisper, sphinx, scripted), for dialects that say
 
 
 @attrs.frozen

@@ -72,7 +72,8 @@ class ServerConfig:
     max_sessions_per_key: int = 0  # sessions at once with one API key (those presenting none: not limited); 0: none
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None  # /healthz, /readyz, /metrics (stt.admin); None: no admin port; 0: a free one
-    conformance_dir: Path | None = None  # record sessions' logbooks and client-conformance reports here
+    #: record sessions' logbooks and client-conformance reports here (a str from the command line becomes a Path)
+    conformance_dir: Path | None = attrs.field(default=None, converter=attrs.converters.optional(Path))
     conformance_opt_in: bool = False  # ... only those of connections that ask (x-stt-conformance, stt_conformance)
     faults: str = ""  # the fault plan of every connection that gives none of its own (stt.faults)
     #: Connections may bring their own fault plan (x-stt-fault, stt_fault); implied by conformance_dir. Off: 403.
@@ -420,7 +421,9 @@ async def _serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream)
                     await handle(request)  # which never raises: a session's failure ends that session
                 finally:
                     with trio.move_on_after(CLOSE_TIMEOUT):  # the session has closed it, unless it was cancelled
-                        await request._connection.aclose()
+                        # or failed before it ran (its logbook could not be opened): then 1011, so that the
+                        # client, told nothing else, stops waiting and knows the server failed
+                        await request._connection.aclose(1011, "internal error")
             nursery.cancel_scope.cancel()
     except* LocalProtocolError as group:
         log.info("connection ended by the WebSocket library: %s", group.exceptions[0])

@@ -452,7 +452,8 @@ class Session:
                     stream = ChannelStreams(self.engine, settings, stack)
                     await stream.open(1)
                     self.lifecycle.advance("ready")
-                    await self._out_send.send(SessionStarted(self.id, config))  # the writer then sets _ready
+                    started = SessionStarted(self.id, config, getattr(self.engine, "name", ""))
+                    await self._out_send.send(started)  # the writer then sets _ready
                     await self._decode(stream, decoder)
         except BadAudio as exc:
             self._end("bad_audio", str(exc))

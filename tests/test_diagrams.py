@@ -32,3 +32,16 @@ def test_diagrams_check_reports_stale_pages(tmp_path, capsys):
     (tmp_path / "speechmatics.md").write_text("edited by hand\n")
     assert main(["diagrams", "--out", str(tmp_path), "--check"]) == 1
     assert "speechmatics.md" in capsys.readouterr().err
+
+
+def test_charts_and_pages_cite_the_vendors_pages_not_notes_outside_the_repository():
+    """The rules cite the vendor's public documents (each chart's `source` names them, with their addresses),
+    never a section of research notes that do not ship with stt."""
+    import re
+
+    root = Path(__file__).resolve().parent.parent
+    for path in [*sorted((root / "statecharts").glob("*.yaml")), *sorted((root / "docs" / "statecharts").glob("*.md"))]:
+        text = path.read_text(encoding="utf-8")
+        assert "protocols.md" not in text and not re.search(r"§\s*\d", text), path.name
+    for name in ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix"):
+        assert "https://" in load_chart(name).source, name

@@ -13,6 +13,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
 
+from stt import __version__
 from tests.helpers import running_server, silence, wait_until
 
 PATH = "/transcribe"
@@ -57,6 +58,7 @@ async def test_default_mode_one_json_message_then_close_1000():
     assert [" ".join(e["word"] for e in u["events"]) for u in t["utterances"]] == ["One two three four.",
                                                                                  "Five six seven eight."]
     assert [u["metadata"]["uttid"] for u in t["utterances"]] == [0, 1]
+    assert t["asr"] == f"stt-{__version__} (scripted)"  # the engine that served it, by name
 
 
 async def test_tags_in_headers():

@@ -256,15 +256,23 @@ def write_client_report(directory: Path, session: str) -> list[Path]:
 
 
 def report_command(args) -> int:
-    """stt report LOGBOOK [--out DIR]"""
-    try:
-        records = read_logbook(args.logbook)
-        report = evaluate(records)
-    except (OSError, ValueError, KeyError) as exc:
-        print(f"stt report: {args.logbook}: {exc}", file=sys.stderr)
-        return 2
-    out = args.out or args.logbook.parent
-    for path in write_report(report, out, args.logbook.stem):
-        print(f"wrote {path}", file=sys.stderr)
-    print(to_text(report))
-    return 0 if report.passed else 1
+    """stt report LOGBOOK... [--out DIR]: each logbook's report, written and printed (a header line names the
+    logbook when there are several). 2 when a logbook cannot be read (the others are still reported), else 1
+    when a client broke a rule of severity error, else 0."""
+    logbooks = args.logbook if isinstance(args.logbook, list) else [args.logbook]
+    status = 0
+    for logbook in logbooks:
+        try:
+            report = evaluate(read_logbook(logbook))
+        except (OSError, ValueError, KeyError) as exc:
+            print(f"stt report: {logbook}: {exc}", file=sys.stderr)
+            status = 2
+            continue
+        for path in write_report(report, args.out or logbook.parent, logbook.stem):
+            print(f"wrote {path}", file=sys.stderr)
+        if len(logbooks) > 1:
+            print(f"== {logbook}")
+        print(to_text(report))
+        if not report.passed and status == 0:
+            status = 1
+    return status

@@ -30,6 +30,7 @@ import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError, open_websocket_url
 
 from stt.conformance.catalogue import Case, cases as catalogue_cases, chart_of, coverage, outcome
+from stt.conformance.logbook import REDACTED, redacted
 from stt.conformance.profiles import CLOSE, PROFILES, Frame, Profile
 from stt.conformance.report import CaseResult, Report, to_html, to_json, to_junit, to_text, utc_now
 from stt.statechart import Chart
@@ -124,17 +125,60 @@ def case_url(base: str, profile: Profile, query: dict[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, path, urlencode(merged), ""))
 
 
+class Exchange(list):
+    """A case's frames, both ways, as records in the form of a logbook's (stt.conformance.logbook), times in
+    seconds since the case began; at most LIMIT of them (the first ones, then one note of how many more), and a
+    text frame's first TEXT_LIMIT characters."""
+
+    LIMIT = 60
+    TEXT_LIMIT = 2000
+
+    def __init__(self, secret: str | None = None):
+        super().__init__()
+        self.start = time.monotonic()
+        self.left_out = 0
+        self.secret = secret  # the API key: never written to a report, should a frame carry it
+
+    def _scrub(self, text: str) -> str:
+        return text.replace(self.secret, REDACTED) if self.secret else text
+
+    def _add(self, record: dict) -> None:
+        if len(self) >= self.LIMIT:
+            self.left_out += 1
+            return
+        self.append({"t": round(time.monotonic() - self.start, 6), **record})
+
+    def frame(self, kind: str, frame: Frame) -> None:
+        if isinstance(frame, str):
+            text = self._scrub(frame)
+            text = text if len(text) <= self.TEXT_LIMIT else text[:self.TEXT_LIMIT] + f"… ({len(text)} characters)"
+            self._add({"kind": kind, "type": "text", "text": text, "bytes": len(frame.encode())})
+        else:
+            self._add({"kind": kind, "type": "binary", "bytes": len(frame)})
+
+    def note(self, kind: str, **fields) -> None:
+        self._add({"kind": kind, **{k: self._scrub(v) if isinstance(v, str) else v for k, v in fields.items()}})
+
+    def records(self) -> tuple[dict, ...]:
+        now = round(time.monotonic() - self.start, 6)
+        if not self:
+            return ({"t": now, "kind": "note", "text": "the connection opened; no frame was sent or received"},)
+        more = ({"t": now, "kind": "note", "text": f"{self.left_out} more frames left out"},) if self.left_out else ()
+        return (*self, *more)
+
+
 class Wire:
     """One case's connection: sends a client event's frames, reads the server's, and notes the errors among
     them (as the profile reads them) and the close."""
 
-    def __init__(self, ws, profile: Profile):
+    def __init__(self, ws, profile: Profile, exchange: list[dict] | None = None):
         self.ws = ws
         self.profile = profile
         self.sent: Counter = Counter()
         self.problems: list[str] = []
         self.close: int | None = None
         self.reason = ""
+        self.exchange = Exchange() if exchange is None else exchange  # the frames both ways, for the report
 
     def seen(self, since: int = 0) -> Seen:
         return Seen(tuple(self.problems[since:]), self.close, self.reason)
@@ -143,6 +187,7 @@ class Wire:
         if self.close is None:
             self.close = exc.reason.code if exc.reason else 1006
             self.reason = (exc.reason.reason or "") if exc.reason else ""
+            self.exchange.note("close", code=self.close, reason=self.reason)
 
     async def send(self, event: str) -> bool:
         """The event's frames; False if the connection closed first."""
@@ -151,6 +196,7 @@ class Wire:
         try:
             for frame in frames:
                 await self.ws.send_message(frame)
+                self.exchange.frame("in", frame)
         except ConnectionClosed as exc:
             self._closed(exc)
             return False
@@ -163,6 +209,7 @@ class Wire:
         except ConnectionClosed as exc:
             self._closed(exc)
             return None
+        self.exchange.frame("out", frame)
         label = self.profile.problem(frame)
         if label is not None:
             self.problems.append(label)
@@ -272,15 +319,34 @@ async def _drive(case: Case, wire: Wire, timeout: float, settle: float) -> tuple
     return "fail", f"expected {primary.what}{also}; got {seen}"
 
 
+def _reason(exc: BaseException) -> str:
+    """What went wrong, in words: trio-websocket's HandshakeError says nothing itself; its cause does."""
+    seen, last = exc, exc
+    while seen is not None:  # the innermost cause: "Connection refused", not "all attempts ... failed"
+        if isinstance(seen, BaseExceptionGroup):
+            seen = seen.exceptions[0]
+        last = seen
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(last, OSError) and last.strerror:
+        return last.strerror
+    return str(last).strip() or str(exc).strip() or type(last).__name__
+
+
 async def run_case(case: Case, url: str, *, api_key: str | None = None, timeout: float = 5.0,
                    settle: float = SETTLE) -> CaseResult:
+    """One case over the wire. A case that did not pass carries its connection's frames (`exchange`); one that
+    could not connect carries none, and says why (`details` begin "could not connect" or "the upgrade was
+    refused")."""
     profile = PROFILES[case.dialect]
     start = time.monotonic()
+    exchange = Exchange(api_key)
+    opened = False
 
     def result(verdict: str, details: str = "") -> CaseResult:
+        shown = opened and verdict not in ("pass", "skipped")
         return CaseResult(id=case.id, requirement=case.requirement, verdict=verdict,
                           rule=case.rule.id if case.rule else None, details=redact(details, [api_key]),
-                          duration=round(time.monotonic() - start, 3))
+                          duration=round(time.monotonic() - start, 3), exchange=exchange.records() if shown else ())
 
     reason = skip_reason(case, profile)
     if reason is not None:
@@ -292,26 +358,51 @@ async def run_case(case: Case, url: str, *, api_key: str | None = None, timeout:
         try:
             async with open_websocket_url(target, extra_headers=[(k.encode(), v.encode()) for k, v in headers.items()],
                                           connect_timeout=timeout, disconnect_timeout=timeout) as ws:
-                verdict = await _drive(case, Wire(ws, profile), timeout, settle)
+                opened = True
+                verdict = await _drive(case, Wire(ws, profile, exchange), timeout, settle)
         except ConnectionRejected as exc:
             body = (exc.body or b"").decode("utf-8", "replace").strip()
             return result("fail", f"the upgrade was refused: HTTP {exc.status_code}" + (f" {body}" if body else ""))
         except (HandshakeError, OSError) as exc:
             if verdict is None:  # a timeout closing after the verdict does not change it
-                return result("fail", f"could not connect to {target}: {type(exc).__name__}: {exc}")
+                return result("fail", f"{NO_CONNECTION} {target}: {_reason(exc)}")
     if verdict is None:
         return result("fail", f"the case did not finish within {timeout * (len(case.path) + 4):g} s")
     return result(*verdict)
 
 
+#: How the details of a case that could not open its connection begin.
+NO_CONNECTION = "could not connect to"
+
+
+class Unreachable(Exception):
+    """Nothing answers at the URL: no case can run."""
+
+
+async def check_reachable(url: str, timeout: float) -> None:
+    """A TCP connection to the URL's host and port, closed at once; Unreachable (saying why) if none opens."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "wss" else 80)
+    try:
+        with trio.fail_after(timeout):
+            stream = await trio.open_tcp_stream(parts.hostname or "", port)
+    except (OSError, trio.TooSlowError) as exc:
+        why = f"no answer within {timeout:g} s" if isinstance(exc, trio.TooSlowError) else _reason(exc)
+        raise Unreachable(f"cannot connect to {parts.hostname}:{port} ({url}): {why}") from None
+    await stream.aclose()
+
+
 async def run_catalogue(url: str, dialect: str, *, api_key: str | None = None, pattern: str | None = None,
                         timeout: float = 5.0, settle: float | None = None,
                         concurrency: int = CONCURRENCY) -> Report:
-    """Every case of the dialect's catalogue whose id contains `pattern`, against the server at `url`."""
+    """Every case of the dialect's catalogue whose id contains `pattern`, against the server at `url`.
+    Unreachable when nothing answers at the URL's host and port."""
     if urlsplit(url).scheme not in ("ws", "wss"):
         raise ValueError(f"{url!r} is not a ws:// or wss:// URL")
     chart = chart_of(dialect)
     chosen = [c for c in catalogue_cases(dialect) if pattern is None or pattern in c.id]
+    if chosen:
+        await check_reachable(url, timeout)
     settle = min(SETTLE, timeout / 4) if settle is None else settle
     results: list[CaseResult | None] = [None] * len(chosen)
     limiter = trio.CapacityLimiter(max(1, concurrency))
@@ -323,20 +414,29 @@ async def run_catalogue(url: str, dialect: str, *, api_key: str | None = None, p
     async with trio.open_nursery() as nursery:
         for i, case in enumerate(chosen):
             nursery.start_soon(one, i, case)
-    # Coverage over the wire: the cases run, whatever their verdict (skipped ones are not).
-    ran = [case for case, result in zip(chosen, results) if result.verdict != "skipped"]
-    return Report(kind="server", title=f"{chart.title}: server conformance", subject=url, dialect=dialect,
-                  cases=tuple(results), created=utc_now(), coverage=coverage(dialect, ran))
+    # Coverage over the wire: the cases run, whatever their verdict; not those skipped, nor those whose
+    # connection did not open (refused, or nothing listening): they exercised nothing.
+    ran = [case for case, result in zip(chosen, results) if result.verdict != "skipped"
+           and not result.details.startswith((NO_CONNECTION, "the upgrade was refused"))]
+    return Report(kind="server", title=f"{chart.title}: server conformance", subject=_without_secrets(url),
+                  dialect=dialect, cases=tuple(results), created=utc_now(), coverage=coverage(dialect, ran))
+
+
+def _without_secrets(url: str) -> str:
+    """The URL with the values of credential parameters (api_key, token, ...) replaced by "<redacted>"."""
+    parts = urlsplit(url)
+    query = redacted(dict(parse_qsl(parts.query, keep_blank_values=True)))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, urlencode(query, safe="<>"), parts.fragment))
 
 
 def conform_command(args) -> int:
     """stt conform: run, print the table and the summary, write the reports asked for. 1 when a case failed,
-    2 when the URL is not ws:// or wss:// or no case id contains --cases."""
+    2 when the URL is not ws:// or wss://, nothing answers there, or no case id contains --cases."""
     try:
         report = trio.run(functools.partial(run_catalogue, args.url, args.dialect, api_key=args.api_key,
                                             pattern=args.cases, timeout=args.timeout,
                                             concurrency=args.concurrency))
-    except ValueError as exc:
+    except (ValueError, Unreachable) as exc:
         print(f"stt conform: {exc}", file=sys.stderr)
         return 2
     if not report.cases:
@@ -354,4 +454,4 @@ def conform_command(args) -> int:
     return 1 if any(c.failed for c in report.cases) else 0
 
 
-__all__ = ["Expect", "Seen", "conform_command", "run_case", "run_catalogue"]
+__all__ = ["Expect", "Seen", "Unreachable", "conform_command", "run_case", "run_catalogue"]

@@ -46,6 +46,7 @@ from urllib.parse import unquote
 
 import numpy as np
 
+from stt import __version__
 from stt.audio import RawReader
 from stt.audio.pcm import RAW_ENCODINGS, raw_encoding
 from stt.audio.wav import WavReader
@@ -70,7 +71,12 @@ from stt.statechart import load_chart
 from stt.text import smart_format
 
 PATH = re.compile(r"^/transcribe/?$")
-ASR_VERSION = "stt-1.0 (pocketsphinx)"
+
+
+def asr_version(engine: str) -> str:
+    """The transcript's "asr": stt's version and the engine that served the session."""
+    return f"stt-{__version__} ({engine or 'unknown engine'})"
+
 DEFAULT_MODEL = "eng1:callcenter"
 #: model names: <language>[:<domain>], the language English (eng, eng1, en, en-us, eng-us, ...)
 MODEL = re.compile(r"^(?P<lang>[A-Za-z]{2,3}\d*(?:[-_][A-Za-z]{2,3})?)(?::[A-Za-z0-9_.+-]+)?$")
@@ -158,6 +164,7 @@ class VBlazeDialect:
     def __init__(self, handshake: Handshake, clock: Callable[[], datetime.datetime] | None = None):
         self.handshake = handshake
         self.machine = self.chart.machine()
+        self.engine = ""  # the engine serving the session, once SessionStarted says (the transcript's "asr")
         self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self.started = self._clock()
         self.tags = tags_of(handshake)
@@ -280,7 +287,10 @@ class VBlazeDialect:
                 return self._scrubbed_frames()
             frames: list[str | bytes] = [""] if self.outstream else []
             return [*frames, self.transcript_frame()]
-        if isinstance(item, (Partial, SpeechStarted, SpeechStopped, SessionStarted, AudioAccepted, SessionStatus)):
+        if isinstance(item, SessionStarted):
+            self.engine = item.engine
+            return []
+        if isinstance(item, (Partial, SpeechStarted, SpeechStopped, AudioAccepted, SessionStatus)):
             return []  # V-Blaze sends results only
         if isinstance(item, Violation):
             return self.render_violation(item)
@@ -364,7 +374,7 @@ class VBlazeDialect:
             return "\n".join(_text(u) for u in self.utterances)
         words = [e for u in self.utterances for e in u["events"]]
         result: dict[str, Any] = {
-            "asr": ASR_VERSION,
+            "asr": asr_version(self.engine),
             "model": self.model,
             "confidence": _mean(e["confidence"] for e in words),
             "audiosecs": round(self.audio_seconds(), 2),

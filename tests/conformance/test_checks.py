@@ -647,6 +647,25 @@ async def test_stt_report_renders_a_logbooks_report_again_and_exits_1_for_a_brok
     assert any(line.startswith("SM-MSG-002") and "FAIL" in line for line in printed.out.splitlines())
 
 
+async def test_stt_report_renders_several_logbooks_at_once_naming_each(tmp_path, capsys):
+    async with running_server(conformance_dir=tmp_path) as server:
+        await speechmatics_client(server, silence(0.5), real_time=False)
+        async with peer(server, "/v2") as p:
+            await speechmatics_started(p)
+            await p.send('{"message":"AddAudioPlease"}')
+            await p.until_closed()
+        await reports_in(tmp_path, 2)
+    logbooks = sorted(tmp_path.glob("*.jsonl"))
+    capsys.readouterr()
+    assert main(["report", *map(str, logbooks), "--out", str(tmp_path / "again")]) == 1  # one broke a rule
+    out = capsys.readouterr().out
+    assert [line for line in out.splitlines() if line.startswith("== ")] == [f"== {p}" for p in logbooks]
+    assert out.count("— PASSED") == 1 and out.count("— FAILED") == 1
+    assert len(list((tmp_path / "again").glob("*.html"))) == 2
+    assert main(["report", str(logbooks[0]), str(tmp_path / "missing.jsonl")]) == 2  # the readable one still done
+    assert "== " in capsys.readouterr().out
+
+
 def test_stt_report_exits_2_for_a_file_that_is_not_a_logbook(tmp_path, capsys):
     assert main(["report", str(tmp_path / "missing.jsonl")]) == 2
     torn = tmp_path / "torn.jsonl"

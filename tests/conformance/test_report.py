@@ -131,20 +131,36 @@ def test_junit_survives_control_characters_in_details():
 
 # --- text -------------------------------------------------------------------------------------------------------
 
-def test_text_has_a_line_a_case_with_details_only_where_it_did_not_pass_and_a_summary():
+def test_text_has_a_line_a_case_failed_first_with_its_requirement_details_where_it_did_not_pass_and_a_summary():
     lines = to_text(client_report()).splitlines()
-    assert len(lines) == len(CASES) + 1
-    assert lines[0].split() == ["SM-ORDER-001", "PASS"]
-    assert lines[1].split()[:2] == ["SM-ORDER-002", "FAIL"] and lines[1].endswith("before RecognitionStarted")
-    assert "SKIPPED" in lines[5] and "no audio after EndOfStream" in lines[5]
-    assert lines[-1] == "6 cases: 1 pass, 1 non-strict, 1 informational, 2 fail, 1 skipped — FAILED"
+    assert len(lines) == len(CASES) + 2 + 1  # a requirement line under each of the two failed cases
+    assert lines[0].split()[:2] == ["SM-ORDER-002", "FAIL"] and lines[0].endswith("before RecognitionStarted")
+    assert lines[1].split() == ["requirement:", *CASES[1].requirement.split()]
+    # SM-MSG-002 failed with severity warning: it shows as a warning, not as FAIL, right after the failures
+    assert lines[2].split()[:2] == ["SM-MSG-002", "WARNING"] and lines[3].strip().startswith("requirement: The")
+    assert [line.split()[0] for line in lines[4:-1]] == ["SM-ORDER-001", "SM-CLOSE-001", "SM-INFO-001",
+                                                         "SM-EOS-001"]
+    assert "SKIPPED" in lines[-2] and "no audio after EndOfStream" in lines[-2]
+    assert lines[-1] == "6 cases: 1 fail, 1 warning, 1 non-strict, 1 informational, 1 skipped, 1 pass — FAILED"
 
 
 def test_text_summary_of_a_server_report_names_its_coverage():
     last = to_text(server_report()).splitlines()[-1]
-    assert last == "2 cases: 1 pass, 1 fail; transitions 1/11; forbidden 1/19 — FAILED"
-    passing = Report("server", "t", "s", "speechmatics", (CaseResult("a", "r", "fail", severity="warning"),))
-    assert to_text(passing).splitlines()[-1].endswith("— PASSED")
+    assert last == "2 cases: 1 fail, 1 pass; transitions 1/11; forbidden 1/19 — FAILED"
+
+
+def test_a_failed_warning_is_not_printed_as_fail_under_passed():
+    report = client_report(cases=tuple(c for c in CASES if c.verdict != "fail" or c.severity == "warning"))
+    text = to_text(report)
+    assert report.passed and "FAIL" not in text
+    assert text.splitlines()[0].split()[:2] == ["SM-MSG-002", "WARNING"]
+    assert text.splitlines()[-1].endswith("1 warning, 1 non-strict, 1 informational, 1 skipped, 1 pass — PASSED with 1 warning")
+    page = to_html(report)
+    assert '<p class="outcome passed">PASSED with 1 warning</p>' in page
+    assert '<td class="verdict v-warning">warning</td>' in page and "v-fail\">fail<" not in page
+    assert json.loads(to_json(report))["cases"][1]["verdict"] == "fail"  # machines still read fail + severity
+    two = Report("server", "t", "s", "speechmatics", (CaseResult("a", "r", "fail", severity="warning"),) * 2)
+    assert to_text(two).splitlines()[-1] == "2 cases: 2 warning — PASSED with 2 warnings"
 
 
 # --- HTML -------------------------------------------------------------------------------------------------------
@@ -161,7 +177,7 @@ def test_html_escapes_everything_and_is_self_contained():
 def test_html_shows_summary_and_the_cases_with_coloured_verdicts_and_linked_frames():
     page = to_html(client_report())
     assert "Client conformance: session s-1" in page and "2024-05-01T12:00:00Z" in page
-    assert '<span class="v-fail">2 fail</span>' in page
+    assert '<span class="v-fail">1 fail</span>' in page and '<span class="v-warning">1 warning</span>' in page
     assert '<td class="verdict v-fail">fail</td>' in page and '<td class="verdict v-pass">pass</td>' in page
     assert '<a href="#frame-2">2</a>' in page and '<a href="#frame-4">4</a>' in page
     assert "FAILED" in page

@@ -10,8 +10,8 @@ from trio_websocket import ConnectionClosed, serve_websocket
 from stt.cli import main
 from stt.conformance.catalogue import cases, chart_of, coverage, dialect_names
 from stt.conformance.profiles import PROFILES
-from stt.conformance.report import from_json
-from stt.conformance.runner import run_catalogue
+from stt.conformance.report import from_json, to_html, to_json, to_junit
+from stt.conformance.runner import Exchange, Unreachable, run_catalogue
 from stt.session import SessionLimits
 from tests.helpers import running_server
 
@@ -106,7 +106,7 @@ async def test_conform_prints_the_table_and_the_summary_and_writes_the_reports(c
     assert "fail" not in summary and "transitions 0/15; forbidden 5/8" in summary and summary.endswith("PASSED")
     report = from_json((tmp_path / "r.json").read_text())
     assert report.kind == "server" and len(report.cases) == 8 and report.coverage["forbidden"] == [5, 8]
-    assert "voicerun/forbidden/created/audio.append" in (tmp_path / "r.html").read_text()
+    assert "voicerun/forbidden/created/audio.append" in (tmp_path / "r.html").read_text().replace("<wbr>", "")
     assert "<testsuite" in (tmp_path / "r.xml").read_text()
     assert f"wrote {tmp_path / 'r.json'}" in out
 
@@ -169,7 +169,61 @@ async def test_a_refused_upgrade_and_an_unreachable_server_fail():
         port = server.port
     [case] = report.cases
     assert case.verdict == "fail" and case.details.startswith("the upgrade was refused: HTTP 401")
-    report = await run_catalogue(f"ws://127.0.0.1:{port}", "yourvoic", pattern="streaming/audio", timeout=TIMEOUT)
-    [case] = report.cases
-    assert case.verdict == "fail" and case.details.startswith("could not connect to ws://127.0.0.1:")
+    assert [done for done, _ in report.coverage.values()] == [0, 0]  # a refused upgrade exercises nothing
     json.dumps(case.details)  # plain text, fit for every report format
+    with pytest.raises(Unreachable, match=f"cannot connect to 127.0.0.1:{port} .*: .*refused"):
+        await run_catalogue(f"ws://127.0.0.1:{port}", "yourvoic", pattern="streaming/audio", timeout=TIMEOUT)
+
+
+async def test_conform_against_a_closed_port_says_so_in_one_line_and_claims_no_coverage(capsys, tmp_path):
+    async with running_server(limits=LIMITS) as server:
+        port = server.port
+    status = await _conform(f"ws://127.0.0.1:{port}", "--dialect", "speechmatics", "--json", str(tmp_path / "r.json"))
+    out, err = capsys.readouterr()
+    assert status == 2
+    assert out == "" and not (tmp_path / "r.json").exists()  # no table, no coverage claimed, no report
+    (line,) = err.splitlines()
+    assert line.startswith(f"stt conform: cannot connect to 127.0.0.1:{port} (ws://127.0.0.1:{port}): ")
+    assert "refused" in line.lower()
+
+
+async def test_a_case_that_did_not_pass_carries_the_frames_of_its_connection():
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, _black_hole, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}"
+        report = await run_catalogue(url, "speechmatics", pattern="speechmatics/forbidden/recognizing/StartRecognition",
+                                     timeout=0.3)
+        nursery.cancel_scope.cancel()
+    [case] = report.cases
+    assert case.verdict == "fail"
+    sent = [r for r in case.exchange if r["kind"] == "in"]
+    assert json.loads(sent[0]["text"])["message"] == "StartRecognition"  # the path's first frame
+    assert all(r["t"] >= 0 for r in case.exchange)
+    back = from_json(to_json(report)).cases[0]
+    assert back.exchange == case.exchange  # in the JSON
+    assert "exchange:" in to_junit(report) and "StartRecognition" in to_junit(report).split("exchange:")[1]
+    page = to_html(report)
+    assert "Frames of the cases that did not pass" in page and "client→server" in page
+
+
+async def test_no_key_reaches_a_server_report_from_the_url_or_the_frames():
+    async with trio.open_nursery() as nursery:
+        server = await nursery.start(serve_websocket, _black_hole, "127.0.0.1", 0, None)
+        url = f"ws://127.0.0.1:{server.port}/api/v1/stt/realtime/stream?api_key=s3cret-key&model=lucid-agent"
+        report = await run_catalogue(url, "yourvoic", pattern="yourvoic/transition/draining/end_of_transcript",
+                                     timeout=0.3, api_key="s3cret-key")
+        nursery.cancel_scope.cancel()
+    assert report.cases[0].verdict == "fail" and report.cases[0].exchange
+    assert "api_key=<redacted>" in report.subject
+    assert "s3cret-key" not in to_json(report) + to_html(report) + to_junit(report)
+    exchange = Exchange("s3cret-key")
+    exchange.frame("in", '{"action":"start","key":"s3cret-key"}')
+    assert exchange.records()[0]["text"] == '{"action":"start","key":"<redacted>"}'
+
+
+async def test_a_case_that_passed_carries_no_frames():
+    async with running_server(limits=LIMITS) as server:
+        report = await run_catalogue(f"ws://127.0.0.1:{server.port}", "speechmatics",
+                                     pattern="speechmatics/forbidden/awaiting_start/AddAudio", timeout=TIMEOUT)
+    [case] = report.cases
+    assert case.verdict == "pass" and case.exchange == ()
