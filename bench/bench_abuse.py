@@ -30,12 +30,15 @@ The attacks (each bounded in count and time; loopback only):
 
   channel    V-Blaze (/transcribe) request whose WAV header claims --channel-count channels (64), with
              --channel-kib KiB (100) of low noise, then the empty frame; read to the close. V-Blaze opens one
-             engine stream per channel. Engine: sphinx unless --engine (a decoder per stream).
+             engine stream per channel. Engine: sphinx unless --engine (a decoder per stream); the other
+             attacks run on the scripted engine unless --engine.
   flac       --flac-bombs (1) YourVoic (/api/v1/stt/realtime/stream) sessions at once, each a FLAC of
-             --flac-minutes (90) of silence at 16 kHz (~1 MB), in 8 KiB frames, then {"type":"close"}; read
-             every message to the close (or --attack-timeout).
+             --flac-minutes (90) of silence at 16 kHz (967 KiB, under the default 1 MiB message limit) in one
+             binary message (--flac-frame-kib to split it), then {"type":"close"}; read every message to the
+             close (or --attack-timeout).
   churn      --churn-cycles (3000) TCP connect-and-close cycles, no byte sent, --churn-concurrency (8) at a
-             time, for at most --churn-seconds (60).
+             time, for at most --churn-seconds (60). --server-nofile 1024 starts the servers with that open-file
+             limit (a common default), so running out of fds shows without 20 000 cycles.
   slowloris  --slowloris-connections (200) connections, each sending the HTTP upgrade request of /v2 one byte
              every --slowloris-interval (1 s) for --slowloris-seconds (20); then the bench closes them. Each
              notes whether the server closed it first (and what it answered) or held it to the end.
@@ -55,10 +58,12 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import io
 import json
 import math
 import os
+import resource
 import signal
 import statistics
 import sys
@@ -400,7 +405,8 @@ async def attack_channel(a: Attack) -> None:
 async def attack_flac(a: Attack) -> None:
     args = a.args
     data = await trio.to_thread.run_sync(flac_silence, args.flac_minutes * 60.0)
-    a.size = f"{args.flac_bombs}x {args.flac_minutes:g} min, {len(data) // 1024} KiB"
+    a.size = (f"{args.flac_bombs}x {args.flac_minutes:g} min, {len(data) // 1024} KiB"
+              + (f" in {args.flac_frame_kib} KiB frames" if args.flac_frame_kib else ""))
     a.details["messages"] = []
     started = [0]
 
@@ -419,9 +425,10 @@ async def attack_flac(a: Attack) -> None:
 
                     async with trio.open_nursery() as nursery:
                         nursery.start_soon(read)
-                        for i in range(0, len(data), 8192):
-                            await ws.send_message(data[i:i + 8192])
-                            if i >= 65536 and not started[0]:
+                        frame = args.flac_frame_kib * 1024 or len(data)
+                        for i in range(0, len(data), frame):
+                            await ws.send_message(data[i:i + frame])
+                            if not started[0]:
                                 started[0] = 1
                                 a.in_swing.set()
                         await ws.send_message('{"type":"close"}')
@@ -605,8 +612,10 @@ async def run_attack(name: str, args, pcm: bytes, tmp: Path) -> dict:
     row["available_mib_before"] = _mib(available)
     port, admin = free_port(), free_port()
     log_path = tmp / f"{name}.log"
-    server = ServerProcess(port, admin, log_path, extra=server_flags(name, args), engine=engine)
+    with nofile_limit(args.server_nofile):  # inherited by the server
+        server = ServerProcess(port, admin, log_path, extra=server_flags(name, args), engine=engine)
     row["command"] = " ".join(server.cmd[1:])
+    row["server_nofile"] = args.server_nofile or resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     t_launch = time.monotonic()
     try:
         if not await wait_ready(server, args.start_timeout):
@@ -679,6 +688,22 @@ async def run_attack(name: str, args, pcm: bytes, tmp: Path) -> dict:
         row["leftover_processes"] = server.leftovers
         row["log_path"] = str(log_path)
     return row
+
+
+@contextlib.contextmanager
+def nofile_limit(soft: int | None):
+    """While inside, this process's soft RLIMIT_NOFILE is `soft` (at most the hard limit), so that a server
+    started inside inherits it; None: leave it."""
+    if not soft:
+        yield
+        return
+    old = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = old[1]
+    resource.setrlimit(resource.RLIMIT_NOFILE, (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, old)
 
 
 async def server_quiet(admin: int, timeout: float) -> float | None:
@@ -776,6 +801,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--channel-kib", type=int, default=100, help="KiB of audio after it (100)")
     p.add_argument("--flac-minutes", type=float, default=90.0, help="minutes of silence in the FLAC (90)")
     p.add_argument("--flac-bombs", type=int, default=1, help="FLAC bombs at once (1)")
+    p.add_argument("--flac-frame-kib", type=int, default=0,
+                   help="KiB per binary frame of the FLAC; 0: the whole file in one message (0)")
     p.add_argument("--churn-cycles", type=int, default=3000, help="TCP connect-and-close cycles (3000)")
     p.add_argument("--churn-seconds", type=float, default=60.0, help="at most this long (60)")
     p.add_argument("--churn-concurrency", type=int, default=8, help="cycles under way at once (8)")
@@ -793,6 +820,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--good-delay", type=float, default=0.5, help="seconds after the attack is in swing (0.5)")
     p.add_argument("--good-retry", type=float, default=0.5, help="seconds between tries when refused busy (0.5)")
     p.add_argument("--good-timeout", type=float, default=60.0, help="seconds a session may take (60)")
+    p.add_argument("--server-nofile", type=int, default=None, metavar="N",
+                   help="the servers' open-file limit (soft RLIMIT_NOFILE), e.g. 1024, a common default; "
+                        "default: this shell's")
     p.add_argument("--settle", type=float, default=10.0,
                    help="seconds after the attack's end to read retained RSS and fds (10)")
     p.add_argument("--sample-seconds", type=float, default=0.1, help="RSS/fd sampling interval (0.1)")
