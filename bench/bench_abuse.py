@@ -37,7 +37,8 @@ The attacks (each bounded in count and time; loopback only):
              binary message (--flac-frame-kib to split it), then {"type":"close"}; read every message to the
              close (or --attack-timeout).
   churn      --churn-cycles (3000) TCP connect-and-close cycles, no byte sent, --churn-concurrency (8) at a
-             time, for at most --churn-seconds (60). --server-nofile 1024 starts the servers with that open-file
+             time, for at most --churn-seconds (60); the good client starts once they are done (what they
+             leave held is the attack). --server-nofile 1024 starts the servers with that open-file
              limit (a common default), so running out of fds shows without 20 000 cycles.
   slowloris  --slowloris-connections (200) connections, each sending the HTTP upgrade request of /v2 one byte
              every --slowloris-interval (1 s) for --slowloris-seconds (20); then the bench closes them. Each
@@ -464,8 +465,6 @@ async def attack_churn(a: Attack) -> None:
                 errors[outcome_of(exc)] += 1
             finally:
                 sock.close()
-            if done[0] == 1:
-                a.in_swing.set()
 
     try:
         async with trio.open_nursery() as nursery:
