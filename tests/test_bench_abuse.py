@@ -122,3 +122,15 @@ def test_quick_run_of_every_attack(tmp_path):
     lines = [line for line in proc.stdout.splitlines() if line.split(" ", 1)[0] in ba.ATTACKS]
     assert [line.split()[0] for line in lines] == list(ba.ATTACKS)
     assert "run: ok" in proc.stdout
+
+
+def test_a_server_that_died_or_did_not_start_reads_as_such_in_the_table():
+    dead = {"attack": "flac", "size": "3x 90 min", "engine": "scripted", "base_mib": 70.0, "peak_mib": 1900.0,
+            "retained_mib": None, "fds_base": 10, "fds_peak": 14, "fds_after": None,
+            "good": {"ok": False, "why": "closed 1006", "busy": 0}, "outcomes": {"closed 1006": 3}}
+    broken = {"attack": "channel", "engine": "sphinx", "broken": "the server did not become ready in 120 s"}
+    table = ba.format_table([dead, broken], 10.0)
+    flac_line = next(line for line in table.splitlines() if line.startswith("flac"))
+    assert flac_line.split()[5:11] == ["70", "1900", "dead", "10", "14", "dead"]
+    assert "FAIL closed 1006" in flac_line and "closed 1006 x3" in flac_line
+    assert "BROKEN: the server did not become ready" in table and "fds +10s" in table
