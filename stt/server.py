@@ -545,10 +545,13 @@ class _ServerConnection(trio_websocket.WebSocketConnection):
         self.protocol_error = (code, event.reason or "")
         reason = load_chart("lifecycle").ending("invalid_utf8" if code == 1007 else "protocol_error").message
         self._close_reason = trio_websocket.CloseReason(code, reason)  # what the session sees; sends stop now
-        try:
-            await self._send(CloseConnection(code=code, reason=reason))
-        except ConnectionClosed:
-            pass
+        # Shielded: the session, seeing the connection closed, may end and cancel this task before the frame is
+        # out (the writer may hold the stream's lock with a frame of its own).
+        with trio.CancelScope(shield=True), trio.move_on_after(LINGER_TIMEOUT):
+            try:
+                await self._send(CloseConnection(code=code, reason=reason))
+            except ConnectionClosed:
+                pass
         await self._close_web_socket(code, reason)
         self._close_handshake.set()
         self._reader_running = False
