@@ -601,7 +601,7 @@ async def _serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream,
     address = _peer_address(stream)
     refusal = handshakes.refusal(address)
     if refusal is not None:
-        log.warning("connection from %s refused: %s", address, refusal, extra={"reason": "pending_handshakes"})
+        log.info("connection from %s refused (503): %s", address, refusal, extra={"reason": "pending_handshakes"})
         metrics.reject("none", "pending_handshakes")
         try:
             await _answer(stream, 503, f"too many connections waiting for their handshake: {refusal}; "
