@@ -635,8 +635,8 @@ async def _serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream,
                         with trio.move_on_after(CLOSE_TIMEOUT):  # the session has closed it, unless cancelled
                             await request._connection.aclose(1011, "internal error")  # closed already: no-op
                 nursery.cancel_scope.cancel()
-            if answer is not None:
-                await _answer(stream, *answer)
+            if answer is not None:  # still counted as pending until the client has read it and gone (_linger)
+                await _answer(stream, *answer, linger=LINGER_TIMEOUT)
     except* LocalProtocolError as group:
         log.info("connection ended by the WebSocket library: %s", group.exceptions[0])
     except* Exception:
