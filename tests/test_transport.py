@@ -28,6 +28,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from stt.server import HandshakeLimits, _AcceptErrorSummary
 from tests.helpers import receive_all, running_server, silence, start_message, wait_until
+from tests.test_tls import certificate  # noqa: F401 - the fixture
 
 UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")
@@ -76,6 +77,22 @@ async def test_a_slow_handshake_is_cut_at_the_timeout_with_408():
         assert answer.startswith(b"HTTP/1.1 408 ") and b"within 0.5 s" in answer
         await stream.aclose()
         await wait_until(lambda: server.handshakes.open == 0, timeout=1)
+
+
+async def test_a_tls_handshake_that_never_comes_is_cut_at_the_timeout_too(certificate):
+    """wss://: the handshake timeout covers the TLS handshake (a client that connects and sends nothing, or half a
+    ClientHello). Old code: held for 60 s."""
+    cert, key, _ = certificate
+    async with running_server(certfile=str(cert), keyfile=str(key),
+                              handshakes=HandshakeLimits(timeout=0.5)) as server:
+        for hello in (b"", b"\x16\x03\x01\x02\x00\x01"):
+            stream = await trio.open_tcp_stream("127.0.0.1", server.port)
+            started = trio.current_time()
+            await stream.send_all(hello)
+            await read_until_closed(stream, limit=5)  # the answer (408) cannot go out before TLS: just closed
+            assert trio.current_time() - started < 4.5
+            await stream.aclose()
+            await wait_until(lambda: server.handshakes.open == 0, timeout=1)
 
 
 async def test_handshakes_over_the_caps_are_refused_with_503_and_the_others_go_on():
