@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
                        help="(default: info)")
     _add_operations_options(serve)
     _add_limits_and_admin_options(serve)
+    _add_handshake_options(serve)
     _add_conformance_options(serve)
     _add_client_fault_options(serve)
 
@@ -186,6 +187,26 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
                             "unauthenticated; 0 picks a free one (default: none)")
     group.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
                        help="address of the admin port (default: 127.0.0.1)")
+
+
+def _add_handshake_options(serve: argparse.ArgumentParser) -> None:
+    from stt.server import HandshakeLimits, open_file_limit
+
+    limits = HandshakeLimits()
+    group = serve.add_argument_group(
+        "connections before the upgrade",
+        "Bounds on connections whose WebSocket handshake (TLS, then the HTTP upgrade request) is not done yet, so "
+        "that slow or hostile clients cannot hold every file descriptor: a connection over a count is answered "
+        "HTTP 503 and closed at once, one too slow 408; one that closes or sends no HTTP is let go at once. The "
+        f"defaults are sized from this machine's open-file limit ({open_file_limit()}: ulimit -n).")
+    group.add_argument("--handshake-timeout", type=float, default=limits.timeout, metavar="SECONDS",
+                       help=f"time a new connection has to complete its upgrade request (default: {limits.timeout:g})")
+    group.add_argument("--max-pending-handshakes", type=int, default=limits.max_pending, metavar="N",
+                       help="connections in their handshake at once, all clients together; 0: no limit (default: "
+                            f"{limits.max_pending}, a quarter of the open-file limit, at most 1024)")
+    group.add_argument("--max-pending-handshakes-per-address", type=int, default=limits.max_pending_per_address,
+                       metavar="N", help="connections in their handshake at once from one client IP address; 0: no "
+                                         f"limit (default: {limits.max_pending_per_address})")
 
 
 def _add_conformance_options(serve: argparse.ArgumentParser) -> None:

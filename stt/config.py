@@ -35,7 +35,7 @@ from typing import Any
 
 import attrs
 
-from stt.server import KeyRing, ServerConfig, tls_context
+from stt.server import HandshakeLimits, KeyRing, ServerConfig, tls_context
 from stt.session import SessionLimits
 
 ENV_PREFIX = "STT_"
@@ -228,8 +228,25 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         conformance_opt_in=settings.conformance_opt_in,
         faults=_faults(settings.fault),
         allow_client_faults=settings.allow_client_faults,
+        handshakes=_handshake_limits(settings),
         **fields,
     )
+
+
+def _handshake_limits(settings: argparse.Namespace) -> HandshakeLimits:
+    """--handshake-timeout, --max-pending-handshakes and --max-pending-handshakes-per-address, checked."""
+    checks = [
+        ("--handshake-timeout", settings.handshake_timeout, settings.handshake_timeout > 0, "must be more than 0"),
+        ("--max-pending-handshakes", settings.max_pending_handshakes, settings.max_pending_handshakes >= 0,
+         "must be 0 (no limit) or more"),
+        ("--max-pending-handshakes-per-address", settings.max_pending_handshakes_per_address,
+         settings.max_pending_handshakes_per_address >= 0, "must be 0 (no limit) or more"),
+    ]
+    for flag, value, ok, rule in checks:
+        if not ok:
+            raise ConfigError(f"{flag} {rule} (got {value:g})")
+    return HandshakeLimits(timeout=settings.handshake_timeout, max_pending=settings.max_pending_handshakes,
+                           max_pending_per_address=settings.max_pending_handshakes_per_address)
 
 
 def _faults(text: str | None) -> str:

@@ -8,7 +8,9 @@ servers, in tests, do not share one). `stt/admin.py` serves them at /metrics.
     stt_connections_rejected_total{dialect,reason}  connections refused at the upgrade or right after it, by
                                                   reason: no_dialect, bad_handshake, bad_fault_plan,
                                                   client_faults_off, unauthorised, max_sessions,
-                                                  max_sessions_per_key, shutting_down
+                                                  max_sessions_per_key, shutting_down; dialect "none" before
+                                                  any request: pending_handshakes, handshake_timeout,
+                                                  not_websocket, internal_error
     stt_rule_violations_total{dialect,rule}       rules clients broke without ending their session
     stt_audio_seconds_total{dialect}              audio decoded for the recognizer, in seconds of audio
     stt_decode_seconds_total{dialect}             time the sessions waited on the recognizer (queueing for a

@@ -38,6 +38,8 @@ ENDINGS = (
     "shutdown",  # the server is going away
     "busy",  # the server's session limits (--max-sessions, --max-sessions-per-key) refuse a new session
     "session_timeout",  # the session reached the server's maximum duration (--max-session-seconds)
+    "protocol_error",  # a frame that breaks RFC 6455 (bad opcode, unmasked, reserved bits, ...): Close 1002
+    "invalid_utf8",  # a text frame that is not UTF-8: Close 1007
 )
 
 # `transitions` logs every state change at INFO; a server runs thousands a second.

@@ -32,7 +32,7 @@ API_KEY = "fuzz-key"
 #: The fuzz server's largest message (SessionLimits.max_message_bytes): small, so that over-size frames are cheap.
 MAX_MESSAGE_BYTES = 64 * 1024
 
-#: Kinds of frames and endings left out of the plans (comma-separated in STT_FUZZ_SKIP: ping, huge, deep, drop, badurl): for long runs
+#: Kinds of frames and endings left out of the plans (comma-separated in STT_FUZZ_SKIP: ping, huge, deep, drop, badurl, raw): for long runs
 #: that should look past a known bug those frames trigger. CI leaves nothing out.
 SKIP = set(filter(None, os.environ.get("STT_FUZZ_SKIP", "").split(",")))
 
@@ -83,6 +83,19 @@ class Pause:
 @attrs.frozen
 class Ping:
     payload: bytes
+
+
+@attrs.frozen
+class Raw:
+    """Bytes written to the TCP stream under the client's WebSocket: a frame that breaks RFC 6455, which the
+    server must answer with a Close `code` (1002, or 1007 for text that is not UTF-8)."""
+
+    data: bytes
+    code: int
+    what: str
+
+    def __repr__(self) -> str:
+        return f"Raw({self.what}: {self.data[:24]!r})"
 
 
 @attrs.frozen
@@ -243,12 +256,84 @@ def audio_bytes(draw, rate: int = 16000) -> bytes:
                       draw(st.sampled_from([0, 0xFFFFFFFF, 3200]))) + draw(st.binary(max_size=512))
 
 
+# --- frames below the WebSocket layer -------------------------------------------------------------------------
+
+def client_frame(first: int, payload: bytes, *, length: bytes | None = None, mask: bytes | None = b"\x01\x02\x03\x04"
+                 ) -> bytes:
+    """A client frame as bytes: `first` is FIN, the RSV bits and the opcode; the length as RFC 6455 packs it unless
+    `length` (the length bytes, mask bit clear) is given; masked with `mask`, or not masked at all with None."""
+    if length is None:
+        n = len(payload)
+        length = (bytes([n]) if n < 126 else bytes([126]) + struct.pack(">H", n) if n < 1 << 16
+                  else bytes([127]) + struct.pack(">Q", n))
+    if mask is None:
+        return bytes([first]) + length + payload
+    return bytes([first, length[0] | 0x80]) + length[1:] + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+@st.composite
+def raw_frame(draw) -> Raw:
+    """A frame that breaks RFC 6455 below what any WebSocket library lets a client send: a reserved opcode, no
+    mask, a reserved bit, a fragmented or over-long control frame, a length with its top bit set or not in its
+    shortest form, a continuation with no message begun, text or a close reason that is not UTF-8, a bad close."""
+    payload = draw(st.binary(max_size=32))
+    kind = draw(st.integers(0, 11))
+    if kind == 0:
+        opcode = draw(st.sampled_from([0x3, 0x4, 0x5, 0x6, 0x7, 0xB, 0xC, 0xD, 0xE, 0xF]))
+        return Raw(client_frame(0x80 | opcode, payload if opcode < 8 else payload[:8]), 1002, f"opcode {opcode:#x}")
+    if kind == 1:
+        return Raw(client_frame(draw(st.sampled_from([0x81, 0x82, 0x89])), b"ab", mask=None), 1002, "unmasked")
+    if kind == 2:
+        rsv = draw(st.sampled_from([0x40, 0x20, 0x10, 0x70]))
+        return Raw(client_frame(0x80 | rsv | draw(st.sampled_from([0x1, 0x2, 0x9])), b""), 1002, f"rsv {rsv:#x}")
+    if kind == 3:
+        return Raw(client_frame(draw(st.sampled_from([0x08, 0x09, 0x0A])), payload[:8]), 1002, "fragmented control")
+    if kind == 4:
+        return Raw(client_frame(0x89, b"p" * draw(st.integers(126, 300))), 1002, "control over 125 bytes")
+    if kind == 5:
+        size = draw(st.sampled_from([1 << 63, (1 << 64) - 1, (1 << 63) + 5]))
+        return Raw(client_frame(0x82, b"", length=bytes([127]) + struct.pack(">Q", size)), 1002, "length 2^63+")
+    if kind == 6:
+        size = draw(st.integers(0, 125))
+        return Raw(client_frame(0x82, b"", length=bytes([126]) + struct.pack(">H", size)), 1002, "long length form")
+    if kind == 7:
+        return Raw(client_frame(draw(st.sampled_from([0x00, 0x80])), payload), 1002, "stray continuation")
+    if kind == 8:
+        bad = draw(st.sampled_from([b"\xff", b"\xc0\xaf", b"\xed\xa0\x80", b"\xf8\x88\x80\x80\x80", b"a\x80b"]))
+        return Raw(client_frame(0x81, bad), 1007, "text not UTF-8")
+    if kind == 9:
+        return Raw(client_frame(0x88, struct.pack(">H", 1000) + b"\xff\xfe"), 1007, "close reason not UTF-8")
+    if kind == 10:
+        code = draw(st.sampled_from([0, 999, 1004, 1005, 1006, 1015, 1016, 2999, 5000, 65535]))
+        return Raw(client_frame(0x88, struct.pack(">H", code)), 1002, f"close code {code}")
+    return Raw(client_frame(0x88, b"\x03"), 1002, "close with one byte")
+
+
+#: One frame of each kind raw_frame draws, for the deterministic test of every dialect (tests/test_fuzz.py).
+RAW_CASES = [
+    Raw(client_frame(0x83, b"abc"), 1002, "opcode 0x3"),
+    Raw(client_frame(0x8B, b""), 1002, "opcode 0xb"),
+    Raw(client_frame(0x82, b"ab", mask=None), 1002, "unmasked"),
+    Raw(client_frame(0xC1, b"{}"), 1002, "rsv 0x40"),
+    Raw(client_frame(0x09, b"ping"), 1002, "fragmented control"),
+    Raw(client_frame(0x89, b"p" * 126), 1002, "control over 125 bytes"),
+    Raw(client_frame(0x82, b"", length=bytes([127]) + struct.pack(">Q", 1 << 63)), 1002, "length 2^63"),
+    Raw(client_frame(0x82, b"", length=bytes([126]) + struct.pack(">H", 5)), 1002, "long length form"),
+    Raw(client_frame(0x80, b"abc"), 1002, "stray continuation"),
+    Raw(client_frame(0x81, b"\xff\xfe\xfd"), 1007, "text not UTF-8"),
+    Raw(client_frame(0x88, struct.pack(">H", 1000) + b"\xff"), 1007, "close reason not UTF-8"),
+    Raw(client_frame(0x88, struct.pack(">H", 1005)), 1002, "close code 1005"),
+    Raw(client_frame(0x88, b"\x03"), 1002, "close with one byte"),
+]
+
+
 # --- what every dialect's sequence may hold ------------------------------------------------------------------
 
 @st.composite
 def transport_action(draw):
-    """Frames any dialect may get: empty, binary junk, text junk, over-size, a ping, a pause."""
-    kind = draw(st.integers(0, 7))
+    """Frames any dialect may get: empty, binary junk, text junk, over-size, a ping, a pause, a frame that breaks
+    RFC 6455 (rarely: it ends the connection)."""
+    kind = draw(st.integers(0, 8))
     if kind == 0:
         return Pause(draw(st.sampled_from([0.0, 0.005, 0.02, 0.05])))
     if kind == 1:
@@ -263,6 +348,8 @@ def transport_action(draw):
         return Huge(draw(st.booleans()), draw(st.integers(1, 4096)))
     if kind == 6 and "ping" not in SKIP:
         return Ping(draw(st.binary(max_size=16)))
+    if kind == 8 and "raw" not in SKIP:
+        return draw(raw_frame())
     return Text(draw(st.text(max_size=40)))
 
 

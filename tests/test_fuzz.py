@@ -10,6 +10,9 @@ After every example:
 - nothing failed inside the server: no ERROR record (`session … failed`, `connection failed`, `recognizer
   failed`, …) and no "decoder thread did not stop" warning, no session ended as `internal_error` (1011: with
   the scripted engine, nothing a client sends may be an internal error);
+- a frame that breaks RFC 6455, written under the client's WebSocket (tests/fuzz_frames.py: Raw), gets a Close
+  1002 (1007 for text that is not UTF-8) with the lifecycle's reason, and a close with that reason comes only
+  after such a frame;
 - every close the client saw is 1000, a close code of the dialect's chart (lifecycle endings included), 1009
   for an over-size frame, 1006 when the client dropped the connection itself, or the client's own code echoed;
   a close reason the server chose is a chart rule's; the handshake is refused only where the dialect refuses
@@ -62,6 +65,7 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, connect_websock
 from stt.dialects import DIALECTS
 from stt.server import ServerConfig, open_server
 from stt.session import SessionLimits
+from stt.statechart import load_chart
 from tests.fuzz_frames import (
     API_KEY,
     MAX_MESSAGE_BYTES,
@@ -70,7 +74,9 @@ from tests.fuzz_frames import (
     Huge,
     Pause,
     Ping,
+    RAW_CASES,
     Plan,
+    Raw,
     Text,
     dump,
     plans,
@@ -345,6 +351,12 @@ async def _perform(ws, action, nursery: trio.Nursery, frames: list) -> None:
         await trio.sleep(action.seconds)
     elif isinstance(action, Ping):
         nursery.start_soon(_ping, ws, action.payload)
+    elif isinstance(action, Raw):  # under the WebSocket, between whole frames of trio-websocket's own
+        async with ws._stream_lock:
+            try:
+                await ws._stream.send_all(action.data)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                raise ConnectionClosed(None) from None
     elif isinstance(action, Expect):
         with trio.move_on_after(1.0):
             while ws.closed is None and not any(isinstance(f, str) and action.text in f for f in frames):
@@ -403,6 +415,10 @@ def chart_facts(dialect_cls) -> dict:
     }
 
 
+#: The lifecycle's close reasons for a frame that breaks RFC 6455, by close code.
+PROTOCOL_REASONS = {1002: load_chart("lifecycle").ending("protocol_error").message,
+                    1007: load_chart("lifecycle").ending("invalid_utf8").message}
+
 #: Upgrades a dialect may refuse, with these statuses (V-Blaze: a bad tag; a missing or wrong key).
 REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}}
 
@@ -432,6 +448,12 @@ def judge(dialect: str, plan: Plan, obs: Observed) -> list[str]:
         oversize = close.code == 1009 and (close.reason or "").startswith("Exceeded maximum message size")
         if not ours and not oversize and close.reason is not None and close.reason not in facts["reasons"]:
             problems.append(f"close reason {close.reason!r} (code {close.code}) is no rule's of the chart")
+        raw = [a for a in plan.actions[:obs.sent] if isinstance(a, Raw)]
+        if not ours and close.reason in PROTOCOL_REASONS.values():
+            if not raw:
+                problems.append(f"a protocol-error close ({close.code} {close.reason!r}) with no bad frame sent")
+            elif (close.code, close.reason) != (raw[0].code, PROTOCOL_REASONS[raw[0].code]):
+                problems.append(f"{raw[0]!r} was closed {close.code} {close.reason!r}, not {raw[0].code}")
     problems += check_frames(dialect, obs.frames, facts)
     return problems
 
@@ -588,6 +610,21 @@ def health_check(fs: ServerThread, dialect: str) -> None:
     assert obs.close is not None and obs.close.code == 1000 and obs.client_code is None, \
         f"{dialect}: the well-formed session did not end with the server's 1000: {obs.close!r}"
     assert ok(msgs), f"{dialect}: the well-formed session went wrong: {msgs!r}"
+
+
+@pytest.mark.parametrize("dialect", sorted(DIALECT_CLASSES))
+def test_frames_that_break_rfc_6455_get_a_close_1002_or_1007_and_the_server_goes_on(dialect: str) -> None:
+    """Every kind of raw bad frame (RAW_CASES), each on a connection of its own, right after the upgrade and after
+    the dialect's start: the Close code and reason the client sees, and the checks of every example."""
+    with ServerThread() as fs:
+        health, _ = HEALTH[dialect]()
+        for raw in RAW_CASES:
+            for before in ((), health.actions[:1]):
+                plan = attrs.evolve(health, actions=(*before, Raw(raw.data, raw.code, raw.what)), ending=("wait",))
+                obs = play(fs, dialect, plan)
+                assert (obs.close.code, obs.close.reason) == (raw.code, PROTOCOL_REASONS[raw.code]), \
+                    f"{dialect}: {raw!r} after {before!r}: the client saw {obs.close!r}"
+        health_check(fs, dialect)
 
 
 @pytest.mark.parametrize("dialect", sorted(DIALECT_CLASSES))

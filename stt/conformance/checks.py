@@ -27,7 +27,7 @@ from stt.dialects import dialect_named
 from stt.statechart import CLIENT_CHECKS, Chart, ClientRule
 
 #: Endings the client causes: the rule the chart names for each is the client's to keep.
-CLIENT_ENDINGS = ("idle_timeout", "message_too_large", "bad_audio", "unauthorised")
+CLIENT_ENDINGS = ("idle_timeout", "message_too_large", "bad_audio", "unauthorised", "protocol_error", "invalid_utf8")
 #: Endings the server causes: not held against the client (an informational case says how the session ended).
 SERVER_ENDINGS = ("internal_error", "shutdown", "busy", "session_timeout", "fault")
 #: How sessions end otherwise: no rule of the client's (the ends_stream rules judge the client's part in it).

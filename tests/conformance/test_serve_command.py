@@ -136,9 +136,12 @@ async def test_a_session_whose_logbook_cannot_be_written_is_closed_1011_not_left
         with trio.fail_after(10):
             async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2") as ws:
                 await ws.send_message(start_message())
+                frames = []
                 with pytest.raises(ConnectionClosed) as closed:
-                    await ws.get_message()
+                    for _ in range(10):
+                        frames.append(json.loads(await ws.get_message()))
     assert closed.value.reason.code == 1011
+    assert [frame["message"] for frame in frames] == ["Error"]  # the dialect's internal error, then the close
 
 
 @pytest.mark.parametrize("source", ["flag", "env", "toml"])
