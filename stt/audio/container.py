@@ -9,7 +9,12 @@ returns every sample its bytes completed, as a synchronous decoder would, and th
 of or behind the caller. `close` ends the thread: its next read returns end-of-file.
 
 MP4/M4A/MOV keep their index (`moov`) where the writer chose, usually at the end, and the demuxer must seek
-to it, so those files are collected whole and decoded on `finish` (up to `max_file_bytes`).
+to it, so those files are collected whole and decoded on `finish` (up to `max_file_bytes`, and, with
+`file_buffers`, within the bytes all sessions' whole files may hold together: FileBuffersFull past it).
+
+Each call decodes at most `max_samples` samples (all channels, at the stream's rate; 0: no limit): past it the
+thread stops with AudioLimitExceeded, so one small message of a compressed bomb (a FLAC of an hour of silence)
+never becomes more than that in memory. The whole file, decoded on `finish`, counts as one call.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ import threading
 import av
 import numpy as np
 
-from stt.audio.errors import BadAudio
+from stt.audio.errors import AudioLimitExceeded, BadAudio
+from stt.audio.limits import FileBuffers
 from stt.audio.pcm import SAMPLE_RATE_RANGE
 
 log = logging.getLogger("stt.audio")
@@ -78,7 +84,8 @@ class _Feed:
 class ContainerReader:
     """feed(bytes) -> float32 frames (n, channels), decoded by FFmpeg as the bytes stream in."""
 
-    def __init__(self, container: str, *, max_file_bytes: int = 64 << 20) -> None:
+    def __init__(self, container: str, *, max_file_bytes: int = 64 << 20, max_samples: int = 0,
+                 file_buffers: FileBuffers | None = None) -> None:
         if container not in _DEMUXER:
             raise ValueError(f"unknown container {container!r}")
         self.container = container
@@ -86,6 +93,10 @@ class ContainerReader:
         self.channels: int | None = None
         self.max_file_bytes = max_file_bytes
         self.samples_out = 0
+        self.max_samples = max_samples
+        self._emitted = 0  # samples the current call has decoded (max_samples)
+        self._file_buffers = file_buffers
+        self._taken = 0  # bytes of file_buffers this reader holds
         self._whole = bytearray() if container in WHOLE_FILE else None
         self._feed: _Feed | None = None
         self._thread: threading.Thread | None = None
@@ -97,6 +108,9 @@ class ContainerReader:
             if len(self._whole) + len(data) > self.max_file_bytes:
                 raise BadAudio(f"{self.container} files are decoded whole, and this one is over "
                                f"{self.max_file_bytes} bytes")
+            if self._file_buffers is not None:
+                self._file_buffers.take(len(data))
+                self._taken += len(data)
             self._whole += data
             return self._empty()
         if self._thread is None:
@@ -118,6 +132,7 @@ class ContainerReader:
     def close(self) -> None:
         """Stop the thread (if any); safe to call at any time, more than once."""
         self._whole = None
+        self._give_back()
         feed = self._feed
         if feed is not None:
             with feed.cond:
@@ -139,6 +154,7 @@ class ContainerReader:
         feed = self._feed
         with feed.cond:
             if feed.error is None and not feed.done:
+                self._emitted = 0  # the thread is blocked in read (or not yet started): a new call's count
                 feed.pending += data
                 feed.eof = feed.eof or last
                 feed.starved = False
@@ -148,6 +164,9 @@ class ContainerReader:
             output, feed.output = feed.output, []
             error = feed.error
         if error is not None:
+            output = None  # not kept alive by the traceback: the memory is free when the caller closes us
+            if isinstance(error, AudioLimitExceeded):
+                raise error
             raise BadAudio(f"the {self.container} audio could not be decoded: {error}") from error
         return self._collect(output)
 
@@ -175,18 +194,22 @@ class ContainerReader:
             raise BadAudio("the file has no audio stream")
         collected = []
         stream, bad_packets = container.streams.audio[0], 0
-        for packet in container.demux(stream):
-            try:
-                frames = packet.decode()
-            except av.error.FFmpegError:
-                # A damaged frame is skipped, as FFmpeg's own tools do; a run of them is not audio at all.
-                bad_packets += 1
-                if bad_packets > _MAX_BAD_PACKETS:
-                    raise
-                continue
-            bad_packets = 0
-            for frame in frames:
-                self._emit(frame, feed, collected)
+        try:
+            for packet in container.demux(stream):
+                try:
+                    frames = packet.decode()
+                except av.error.FFmpegError:
+                    # A damaged frame is skipped, as FFmpeg's own tools do; a run of them is not audio at all.
+                    bad_packets += 1
+                    if bad_packets > _MAX_BAD_PACKETS:
+                        raise
+                    continue
+                bad_packets = 0
+                for frame in frames:
+                    self._emit(frame, feed, collected)
+        except BaseException:
+            collected.clear()  # not held by the traceback of the error
+            raise
         return collected
 
     def _emit(self, frame: av.AudioFrame, feed: _Feed | None, collected: list) -> None:
@@ -199,6 +222,10 @@ class ContainerReader:
         elif (frame.sample_rate, samples.shape[1]) != (self.sample_rate, self.channels):
             raise BadAudio(f"the stream changes from {self.channels} channels at {self.sample_rate} Hz to "
                            f"{samples.shape[1]} at {frame.sample_rate} Hz, which is not supported")
+        self._emitted += samples.size
+        if self.max_samples and self._emitted > self.max_samples:
+            raise AudioLimitExceeded(f"one message of {self.container} audio decodes into more than "
+                                     f"{self.max_samples} samples (--max-message-samples)")
         if feed is None:
             collected.append(samples)
         else:
@@ -206,15 +233,24 @@ class ContainerReader:
                 feed.output.append(samples)
 
     def _decode_whole(self) -> np.ndarray:
-        data, self._whole = bytes(self._whole), None
+        data, self._whole = io.BytesIO(self._whole), None  # a copy: the buffer goes, our bytes are still held
+        self._emitted = 0
         try:
-            with av.open(io.BytesIO(data), "r", format=_DEMUXER[self.container]) as container:
+            with av.open(data, "r", format=_DEMUXER[self.container]) as container:
                 output = self._decode_all(container, None)
         except BadAudio:
             raise
         except Exception as exc:
             raise BadAudio(f"the {self.container} audio could not be decoded: {exc}") from exc
+        finally:
+            del data
+            self._give_back()
         return self._collect(output)
+
+    def _give_back(self) -> None:
+        if self._taken:
+            self._file_buffers.give_back(self._taken)
+            self._taken = 0
 
     def _collect(self, output: list[np.ndarray]) -> np.ndarray:
         if not output:
