@@ -29,6 +29,8 @@ from wsproto.connection import ConnectionState
 from wsproto.utilities import LocalProtocolError
 
 from stt.admin import open_admin
+from stt.audio import FileBuffers
+from stt.audio.limits import MAX_FILE_BUFFER_BYTES
 from stt.conformance.checks import write_client_report
 from stt.conformance.logbook import CONFORMANCE_HEADER, CONFORMANCE_QUERY, open_logbook
 from stt.dialects import dialect_for
@@ -67,6 +69,7 @@ class ServerConfig:
     conformance_dir: Path | None = None  # record sessions' logbooks and client-conformance reports here
     conformance_opt_in: bool = False  # ... only those of connections that ask (x-stt-conformance, stt_conformance)
     faults: str = ""  # the fault plan of every connection that gives none of its own (stt.faults)
+    max_file_buffer_bytes: int = MAX_FILE_BUFFER_BYTES  # files decoded whole (MP4), all sessions of the process together; 0: none
 
 
 class KeyRing:
@@ -138,6 +141,7 @@ class Server:
         self.admitted_by_key: collections.Counter[bytes] = collections.Counter()
         self.metrics = Metrics(lambda: ((s.dialect.name, s.lifecycle.state) for s in self.sessions))
         self.admin_port: int | None = None  # the admin port, when open_server opened one
+        self.file_buffers = FileBuffers(config.max_file_buffer_bytes)  # shared by the sessions' decoders
 
     async def handle(self, request: WebSocketRequest) -> None:
         """One connection, from handshake to close. Nothing that happens here may stop the server."""
@@ -228,7 +232,8 @@ class Server:
             lifecycle.advance("accept")
             session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits,
                               authorise=self.keys.allows, allow_private_urls=self.config.allow_private_urls,
-                              metrics=self.metrics.session(dialect.name), faults=faults)
+                              metrics=self.metrics.session(dialect.name), faults=faults,
+                              file_buffers=self.file_buffers)
             if busy is not None:
                 session.refuse("busy", busy[1])  # the dialect's error and close, at once (Speechmatics: 4005)
             else:

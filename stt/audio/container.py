@@ -9,12 +9,13 @@ returns every sample its bytes completed, as a synchronous decoder would, and th
 of or behind the caller. `close` ends the thread: its next read returns end-of-file.
 
 MP4/M4A/MOV keep their index (`moov`) where the writer chose, usually at the end, and the demuxer must seek
-to it, so those files are collected whole and decoded on `finish` (up to `max_file_bytes`, and, with
-`file_buffers`, within the bytes all sessions' whole files may hold together: FileBuffersFull past it).
+to it, so those files are collected whole (up to `max_file_bytes`, and, with `file_buffers`, within the bytes
+all sessions' whole files may hold together: FileBuffersFull past it) and decoded by `finish`, in pieces.
 
 Each call decodes at most `max_samples` samples (all channels, at the stream's rate; 0: no limit): past it the
 thread stops with AudioLimitExceeded, so one small message of a compressed bomb (a FLAC of an hour of silence)
-never becomes more than that in memory. The whole file, decoded on `finish`, counts as one call.
+never becomes more than that in memory. A file decoded whole comes out of `finish` a piece of at most that many
+samples a call, for as long as `more` says.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections.abc import Iterator
 
 import av
 import numpy as np
@@ -98,6 +100,8 @@ class ContainerReader:
         self._file_buffers = file_buffers
         self._taken = 0  # bytes of file_buffers this reader holds
         self._whole = bytearray() if container in WHOLE_FILE else None
+        self._open_whole = None  # the file decoded whole, open in FFmpeg while finish() hands it out in pieces
+        self._pieces: Iterator[np.ndarray] | None = None
         self._feed: _Feed | None = None
         self._thread: threading.Thread | None = None
 
@@ -118,21 +122,22 @@ class ContainerReader:
         return self._hand_over(data, last=False)
 
     def finish(self) -> np.ndarray:
-        if self._whole is not None:
+        """The rest of the audio. For a file decoded whole, a piece of it: while `more`, call it again."""
+        if self._whole is not None or self._pieces is not None:
             out = self._decode_whole()
         elif self._thread is None:
             out = self._empty()
         else:
             out = self._hand_over(b"", last=True)
             self._thread.join()
-        if self.samples_out == 0:
+        if self.samples_out == 0 and not self.more:
             raise BadAudio(f"no audio could be decoded from the {self.container} stream")
         return out
 
     def close(self) -> None:
         """Stop the thread (if any); safe to call at any time, more than once."""
         self._whole = None
-        self._give_back()
+        self._end_whole()
         feed = self._feed
         if feed is not None:
             with feed.cond:
@@ -189,30 +194,34 @@ class ContainerReader:
                 feed.done = True
                 feed.cond.notify_all()
 
-    def _decode_all(self, container, feed: _Feed | None) -> list[np.ndarray] | None:
+    def _decode_all(self, container, feed: _Feed) -> None:
+        for samples in self._frames(container):
+            self._emitted += samples.size
+            if self.max_samples and self._emitted > self.max_samples:
+                raise AudioLimitExceeded(f"one message of {self.container} audio decodes into more than "
+                                         f"{self.max_samples} samples (--max-message-samples)")
+            with feed.cond:
+                feed.output.append(samples)
+
+    def _frames(self, container) -> Iterator[np.ndarray]:
+        """The container's audio, frame by frame, as float32 (n, channels)."""
         if not container.streams.audio:
             raise BadAudio("the file has no audio stream")
-        collected = []
         stream, bad_packets = container.streams.audio[0], 0
-        try:
-            for packet in container.demux(stream):
-                try:
-                    frames = packet.decode()
-                except av.error.FFmpegError:
-                    # A damaged frame is skipped, as FFmpeg's own tools do; a run of them is not audio at all.
-                    bad_packets += 1
-                    if bad_packets > _MAX_BAD_PACKETS:
-                        raise
-                    continue
-                bad_packets = 0
-                for frame in frames:
-                    self._emit(frame, feed, collected)
-        except BaseException:
-            collected.clear()  # not held by the traceback of the error
-            raise
-        return collected
+        for packet in container.demux(stream):
+            try:
+                frames = packet.decode()
+            except av.error.FFmpegError:
+                # A damaged frame is skipped, as FFmpeg's own tools do; a run of them is not audio at all.
+                bad_packets += 1
+                if bad_packets > _MAX_BAD_PACKETS:
+                    raise
+                continue
+            bad_packets = 0
+            for frame in frames:
+                yield self._checked(frame)
 
-    def _emit(self, frame: av.AudioFrame, feed: _Feed | None, collected: list) -> None:
+    def _checked(self, frame: av.AudioFrame) -> np.ndarray:
         samples = frame_samples(frame)
         if self.sample_rate is None:
             if not SAMPLE_RATE_RANGE[0] <= frame.sample_rate <= SAMPLE_RATE_RANGE[1]:
@@ -222,30 +231,49 @@ class ContainerReader:
         elif (frame.sample_rate, samples.shape[1]) != (self.sample_rate, self.channels):
             raise BadAudio(f"the stream changes from {self.channels} channels at {self.sample_rate} Hz to "
                            f"{samples.shape[1]} at {frame.sample_rate} Hz, which is not supported")
-        self._emitted += samples.size
-        if self.max_samples and self._emitted > self.max_samples:
-            raise AudioLimitExceeded(f"one message of {self.container} audio decodes into more than "
-                                     f"{self.max_samples} samples (--max-message-samples)")
-        if feed is None:
-            collected.append(samples)
-        else:
-            with feed.cond:
-                feed.output.append(samples)
+        return samples
+
+    # --- a file decoded whole, in pieces ------------------------------------------------------------------
+
+    @property
+    def more(self) -> bool:
+        """finish() returned a piece of a file decoded whole, and more of it is to come: call finish again."""
+        return self._pieces is not None
 
     def _decode_whole(self) -> np.ndarray:
-        data, self._whole = io.BytesIO(self._whole), None  # a copy: the buffer goes, our bytes are still held
-        self._emitted = 0
+        """The next piece of the file: at most max_samples samples, so that a long file (or a bomb) is never
+        all in memory at once."""
+        collected, self._emitted = [], 0
         try:
-            with av.open(data, "r", format=_DEMUXER[self.container]) as container:
-                output = self._decode_all(container, None)
+            if self._pieces is None:
+                data, self._whole = io.BytesIO(self._whole), None  # a copy; the buffer goes (still counted)
+                self._open_whole = av.open(data, "r", format=_DEMUXER[self.container])
+                del data
+                self._pieces = self._frames(self._open_whole)
+            for samples in self._pieces:
+                collected.append(samples)
+                self._emitted += samples.size
+                if self.max_samples and self._emitted >= self.max_samples:
+                    break
+            else:
+                self._end_whole()
         except BadAudio:
+            collected.clear()
+            self._end_whole()
             raise
         except Exception as exc:
+            collected.clear()
+            self._end_whole()
             raise BadAudio(f"the {self.container} audio could not be decoded: {exc}") from exc
-        finally:
-            del data
-            self._give_back()
-        return self._collect(output)
+        return self._collect(collected)
+
+    def _end_whole(self) -> None:
+        pieces, container, self._pieces, self._open_whole = self._pieces, self._open_whole, None, None
+        if pieces is not None:
+            pieces.close()
+        if container is not None:
+            container.close()
+        self._give_back()
 
     def _give_back(self) -> None:
         if self._taken:

@@ -158,9 +158,15 @@ class AudioDecoder:
             data, self._head = self._head, b""
         return self._convert(self._reader.feed(data))
 
+    @property
+    def more(self) -> bool:
+        """finish() returned a piece of a file decoded whole (MP4: at most max_message_samples at a time), and
+        more is to come: call finish() again until this is False."""
+        return getattr(self._reader, "more", False)
+
     def finish(self) -> np.ndarray:
-        """The rest: what the reader and the resampler still hold. Raises BadAudio for a file that ends
-        before any audio in it could be decoded."""
+        """The rest: what the reader and the resampler still hold (while `more`, a piece of it). Raises BadAudio
+        for a file that ends before any audio in it could be decoded."""
         parts = []
         if self._reader is None:
             if not self._head and self.format.encoding == "file":
@@ -168,7 +174,8 @@ class AudioDecoder:
             self._choose(self._head, final=True)
             head, self._head = self._head, b""
             parts.append(self._convert(self._reader.feed(head)))
-        parts.append(self._convert(self._reader.finish(), last=True))
+        frames = self._reader.finish()
+        parts.append(self._convert(frames, last=not self.more))
         parts = [p for p in parts if p.shape[-1]]
         return np.concatenate(parts, axis=-1) if parts else self._empty()
 

@@ -20,6 +20,10 @@ import threading
 from stt.audio.errors import AudioLimitExceeded, FileBuffersFull
 
 
+#: The default of --max-file-buffer-bytes: four files of the largest size a session may send (64 MiB).
+MAX_FILE_BUFFER_BYTES = 256 << 20
+
+
 class DecodeRate:
     """A token bucket of decoded samples: `rate` a second, and at most `burst` (one message's worth) ahead."""
 
@@ -84,4 +88,4 @@ def release_memory() -> None:
         _TRIM(0)
 
 
-__all__ = ["DecodeRate", "FileBuffers", "TRIM_AFTER_SAMPLES", "release_memory"]
+__all__ = ["MAX_FILE_BUFFER_BYTES", "DecodeRate", "FileBuffers", "TRIM_AFTER_SAMPLES", "release_memory"]

@@ -286,6 +286,11 @@ class VBlazeDialect:
             return self.render_violation(item)
         raise TypeError(f"vblaze cannot render {item!r}")
 
+    def costly(self, item: Any) -> bool:
+        """Whether rendering `item` takes long enough (a ZIP, scrubbed audio: about a second per 32 MiB) that the
+        session runs it in a worker thread, off the event loop."""
+        return isinstance(item, EndOfTranscript) and (self.outzip or self.scrubaudio)
+
     def render_violation(self, violation: Violation) -> list[str]:
         return []  # V-Blaze has no error message on the socket: the close code and reason say it
 
