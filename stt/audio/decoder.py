@@ -199,7 +199,8 @@ class AudioDecoder:
         if self.max_channels and channels is not None and channels > self.max_channels:
             raise AudioLimitExceeded(self._too_many_channels(channels))
         self.decoded += frames.size
-        if self.max_message_samples and frames.size > self.max_message_samples:  # raw or WAV: a huge message
+        if (self.max_message_samples and frames.size > self.max_message_samples
+                and not isinstance(self._reader, ContainerReader)):  # raw or WAV (FFmpeg's thread checks its own)
             raise AudioLimitExceeded(f"one message decodes into {frames.size} samples, more than "
                                      f"{self.max_message_samples} (--max-message-samples)")
         if not len(frames) and not (last and self._output is not None):
