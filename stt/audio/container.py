@@ -97,6 +97,7 @@ class ContainerReader:
         self.samples_out = 0
         self.max_samples = max_samples
         self._emitted = 0  # samples the current call has decoded (max_samples)
+        self.samples_decoded = 0  # samples FFmpeg decoded in all (all channels), handed out or not
         self._file_buffers = file_buffers
         self._taken = 0  # bytes of file_buffers this reader holds
         self._whole = bytearray() if container in WHOLE_FILE else None
@@ -197,6 +198,7 @@ class ContainerReader:
     def _decode_all(self, container, feed: _Feed) -> None:
         for samples in self._frames(container):
             self._emitted += samples.size
+            self.samples_decoded += samples.size
             if self.max_samples and self._emitted > self.max_samples:
                 raise AudioLimitExceeded(f"one message of {self.container} audio decodes into more than "
                                          f"{self.max_samples} samples (--max-message-samples)")
@@ -253,6 +255,7 @@ class ContainerReader:
             for samples in self._pieces:
                 collected.append(samples)
                 self._emitted += samples.size
+                self.samples_decoded += samples.size
                 if self.max_samples and self._emitted >= self.max_samples:
                     break
             else:

@@ -182,7 +182,7 @@ class AudioDecoder:
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
-        if self.decoded > TRIM_AFTER_SAMPLES and self.container not in (None, "raw", "wav"):
+        if getattr(self._reader, "samples_decoded", 0) > TRIM_AFTER_SAMPLES:
             release_memory()  # FFmpeg's frames, freed in its thread's malloc arena (stt.audio.limits)
 
     def __enter__(self) -> AudioDecoder:

@@ -2,33 +2,14 @@
 a compressed bomb stops at the cap), the decode rate, the process's budget for files decoded whole, and an
 MP4 decoded whole handed out in pieces of at most the per-message cap."""
 
-import io
 import struct
 
-import av
 import numpy as np
 import pytest
 
 from stt.audio import AudioLimitExceeded, BadAudio, DecodeRate, FileBuffers, FileBuffersFull, open_decoder
 from stt.events import AudioFormat
-from tests.helpers import encode_audio
-
-
-def flac_of_silence(seconds: float, rate: int = 16000) -> bytes:
-    """A FLAC of silence: it compresses about 5000 to 1 (90 minutes: 990 KB)."""
-    buf = io.BytesIO()
-    with av.open(buf, "w", format="flac") as out:
-        stream = out.add_stream("flac", rate=rate)
-        stream.layout = "mono"
-        block = np.zeros((1, rate * 10), np.int16)
-        for n in range(0, int(seconds * rate), block.shape[1]):
-            frame = av.AudioFrame.from_ndarray(block, format="s16", layout="mono")
-            frame.sample_rate, frame.pts = rate, n
-            for packet in stream.encode(frame):
-                out.mux(packet)
-        for packet in stream.encode(None):
-            out.mux(packet)
-    return buf.getvalue()
+from tests.helpers import encode_audio, flac_of_silence
 
 
 def wav_header(channels: int, rate: int = 16000) -> bytes:

@@ -1,0 +1,294 @@
+"""Nothing a client's audio claims or expands into can exhaust the server (docs/operations.md, "Audio limits"):
+over localhost sockets, a WAV claiming 64 channels, a FLAC of 90 minutes of silence in 1 MB (to a `stt serve`
+subprocess, whose memory is read from /proc), audio decoding faster than the rate limit, files decoded whole
+beyond the server's budget; and V-Blaze's costly renders (ZIP, scrubbed audio) run off the event loop."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import re
+import struct
+import subprocess
+import sys
+import threading
+import time
+import zipfile
+from pathlib import Path
+from urllib.parse import urlencode
+
+import numpy as np
+import pytest
+import trio
+from trio_websocket import ConnectionClosed, open_websocket_url
+
+from stt.dialects.vblaze import VBlazeDialect
+from stt.session import SessionLimits
+from tests.helpers import encode_audio, flac_of_silence, frames_of, running_server, silence, wait_until
+
+YOURVOIC = "/api/v1/stt/realtime/stream"
+FILE_START = json.dumps({"message": "StartRecognition", "audio_format": {"type": "file"},
+                         "transcription_config": {"language": "en"}})
+RAW_START = json.dumps({"message": "StartRecognition",
+                        "audio_format": {"type": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
+                        "transcription_config": {"language": "en"}})
+
+
+async def messages_until_close(ws, timeout: float = 30.0) -> tuple[list, int]:
+    received = []
+    with trio.fail_after(timeout):
+        try:
+            while True:
+                received.append(await ws.get_message())
+        except ConnectionClosed as exc:
+            return received, exc.reason.code
+
+
+def wav_header(channels: int, rate: int = 16000) -> bytes:
+    """A streamed WAV's header (sizes unknown: 0xFFFFFFFF), 16-bit PCM."""
+    fmt = struct.pack("<HHIIHH", 1, channels, rate, rate * 2 * channels, 2 * channels, 16)
+    return (b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt + b"data"
+            + struct.pack("<I", 0xFFFFFFFF))
+
+
+class CountingEngine:
+    """The server's engine, counting the streams opened through it, and the most open at once."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.opened = self.open = self.most = 0
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    @contextlib.asynccontextmanager
+    async def open_stream(self, settings):
+        self.opened += 1
+        self.open += 1
+        self.most = max(self.most, self.open)
+        try:
+            async with self._engine.open_stream(settings) as stream:
+                yield stream
+        finally:
+            self.open -= 1
+
+
+@contextlib.contextmanager
+def counting_streams(server):
+    engine = server.engine
+    server.engine = counting = CountingEngine(engine)
+    try:
+        yield counting
+    finally:
+        server.engine = engine
+
+
+# --- channels ------------------------------------------------------------------------------------------------
+
+
+async def test_vblaze_wav_claiming_64_channels_is_bad_audio_1007_and_never_opens_more_than_the_cap():
+    audio = wav_header(64) + bytes(100_000)  # the issue's 102 KB request
+    async with running_server() as server:
+        with counting_streams(server) as count:
+            async with open_websocket_url(f"ws://127.0.0.1:{server.port}/transcribe") as ws:
+                for frame in frames_of(audio, 1001):
+                    try:
+                        await ws.send_message(frame)
+                    except ConnectionClosed:
+                        break
+                with contextlib.suppress(ConnectionClosed):
+                    await ws.send_message(b"")
+                messages, code = await messages_until_close(ws)
+            assert code == 1007 and messages == []
+            assert ws.closed.reason == "the audio could not be decoded"
+            assert count.opened <= SessionLimits().max_channels and count.open == 0
+            # ... and the server goes on: eight channels, the cap, are served, a stream each
+            async with open_websocket_url(f"ws://127.0.0.1:{server.port}/transcribe") as ws:
+                for frame in frames_of(wav_header(8) + silence(2.0) * 8, 4096):
+                    await ws.send_message(frame)
+                await ws.send_message(b"")
+                messages, code = await messages_until_close(ws)
+            assert code == 1000 and json.loads(messages[-1])["chaninfo"][-1]["channel"] == 7
+            assert count.most == 8
+
+
+# --- a decompression bomb, to a `stt serve` process ------------------------------------------------------------
+
+
+def _stt_command() -> list[str]:
+    installed = Path(sys.executable).with_name("stt")
+    return [str(installed)] if installed.exists() else [sys.executable, "-m", "stt"]
+
+
+def _memory(pid: int) -> dict[str, int]:
+    """VmRSS (now) and VmHWM (the peak so far) of a process, in MB."""
+    fields = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, value = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            fields[name] = int(value.split()[0]) // 1024
+    return fields
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    data = flac_of_silence(90 * 60)  # 90 minutes of 16 kHz silence: 86 million samples
+    assert len(data) < 1_000_000  # in one message, under --max-message-bytes
+    return data
+
+
+@pytest.fixture
+def stt_serve(tmp_path):
+    """A `stt serve --engine scripted` process on a free port: (port, pid)."""
+    log = tmp_path / "serve.log"
+    with open(log, "w") as out:
+        process = subprocess.Popen([*_stt_command(), "serve", "--engine", "scripted", "--port", "0",
+                                    "--log-format", "text"], stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not (found := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", log.read_text())):
+            assert process.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.05)
+        yield int(found[1]), process.pid
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+    assert "Traceback" not in log.read_text()
+
+
+async def yourvoic_bomb(port: int, data: bytes) -> tuple[dict, int]:
+    async with open_websocket_url(f"ws://127.0.0.1:{port}{YOURVOIC}") as ws:
+        await ws.send_message(data)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send_message('{"type":"close"}')
+        messages, code = await messages_until_close(ws)
+    return json.loads(messages[-1]), code
+
+
+async def speechmatics_bomb(port: int, data: bytes) -> tuple[dict, int]:
+    async with open_websocket_url(f"ws://127.0.0.1:{port}/v2") as ws:
+        await ws.send_message(FILE_START)
+        await ws.send_message(data)
+        with contextlib.suppress(ConnectionClosed):
+            await ws.send_message('{"message":"EndOfStream","last_seq_no":1}')
+        messages, code = await messages_until_close(ws)
+    return json.loads(messages[-1]), code
+
+
+async def yourvoic_served(port: int) -> bool:
+    async with open_websocket_url(f"ws://127.0.0.1:{port}{YOURVOIC}") as ws:
+        for frame in frames_of(silence(1.0), 640):
+            await ws.send_message(frame)
+        await ws.send_message('{"type":"close"}')
+        messages, code = await messages_until_close(ws)
+    finals = [m["text"] for m in map(json.loads, messages) if m["type"] == "transcript" and m["is_final"]]
+    return finals == ["One two."] and code == 1000
+
+
+async def test_a_flac_bomb_to_yourvoic_and_speechmatics_is_bad_audio_at_once_and_memory_stays_bounded(
+        stt_serve, bomb):
+    port, pid = stt_serve
+    assert await yourvoic_served(port)  # warm: the baseline is a server that has served
+    baseline = _memory(pid)["VmRSS"]
+    started = time.monotonic()
+    error, code = await yourvoic_bomb(port, bomb)
+    assert (error["type"], error["code"], code) == ("error", "INVALID_AUDIO", 1007)
+    assert "--max-message-samples" in error["message"]
+    error, code = await speechmatics_bomb(port, bomb)
+    assert (error["message"], error["type"], code) == ("Error", "job_error", 4013)
+    assert "--max-message-samples" in error["reason"]
+    elapsed = time.monotonic() - started
+    memory = _memory(pid)
+    print(f"baseline {baseline} MB, peak {memory['VmHWM']} MB, after {memory['VmRSS']} MB, {elapsed:.1f} s")
+    assert elapsed < 20  # the whole 90 minutes took 16 s to decode on this machine, before the cap
+    assert memory["VmHWM"] - baseline < 300  # before the cap: 1.3 GB more
+    assert memory["VmRSS"] - baseline < 100  # and given back when the sessions end (before: 424 MB held)
+    assert await yourvoic_served(port)  # the server goes on
+
+
+async def test_audio_decoding_faster_than_the_rate_limit_is_bad_audio():
+    limits = SessionLimits(max_message_samples=16000, max_samples_per_second=16000)  # 1 s of audio a second
+    async with running_server(limits=limits) as server:
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2") as ws:
+            await ws.send_message(RAW_START)
+            for frame in frames_of(silence(10.0), 8000):  # 10 s of audio in milliseconds
+                try:
+                    await ws.send_message(frame)
+                except ConnectionClosed:
+                    break
+            messages, code = await messages_until_close(ws)
+        error = json.loads(messages[-1])
+        assert (error["type"], code) == ("job_error", 4013) and "--max-samples-per-second" in error["reason"]
+        await wait_until(lambda: not server.sessions)
+
+
+# --- the whole-file budget ------------------------------------------------------------------------------------
+
+
+async def test_a_file_beyond_the_servers_whole_file_budget_is_refused_busy_and_the_budget_comes_back():
+    rate = 16000
+    tone = (np.sin(np.arange(3 * rate) * 0.05) * 8000).astype(np.int16)
+    data = encode_audio(tone, rate, "mp4", "aac")
+    async with running_server(max_file_buffer_bytes=int(len(data) * 1.5)) as server:
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2") as first:
+            await first.send_message(FILE_START)
+            for frame in frames_of(data, 4096):
+                await first.send_message(frame)
+            await wait_until(lambda: server.file_buffers.held == len(data))
+            async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2") as second:
+                await second.send_message(FILE_START)
+                for frame in frames_of(data, 4096):
+                    try:
+                        await second.send_message(frame)
+                    except ConnectionClosed:
+                        break
+                messages, code = await messages_until_close(second)
+            error = json.loads(messages[-1])
+            assert (error["type"], code) == ("quota_exceeded", 4005)
+            assert "--max-file-buffer-bytes" in error["reason"] and "retry later" in error["reason"]
+            assert server.file_buffers.held == len(data)  # the refused session's bytes were given back
+            await first.send_message(json.dumps({"message": "EndOfStream", "last_seq_no": len(frames_of(data, 4096))}))
+            messages = [json.loads(m) for m in (await messages_until_close(first))[0]]
+        assert [m["metadata"]["transcript"] for m in messages if m["message"] == "AddTranscript"] == \
+            ["one two three four", "five six"]
+        await wait_until(lambda: server.file_buffers.held == 0)
+
+
+# --- costly renders off the event loop ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tags", [{"outzip": "true"}, {"scrubaudio": "true"}])
+async def test_vblaze_zip_and_scrubbed_audio_are_rendered_in_a_worker_thread(monkeypatch, tags):
+    rendered_in = {}
+    render = VBlazeDialect.render
+
+    def recording_render(self, item):
+        rendered_in[type(item).__name__] = threading.current_thread()
+        return render(self, item)
+
+    monkeypatch.setattr(VBlazeDialect, "render", recording_render)
+    buf = io.BytesIO()
+    import wave
+
+    with wave.open(buf, "wb") as f:
+        f.setnchannels(1), f.setsampwidth(2), f.setframerate(16000)
+        f.writeframes(silence(2.2))
+    async with running_server() as server:
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/transcribe?{urlencode(tags)}") as ws:
+            for frame in frames_of(buf.getvalue(), 4096):
+                await ws.send_message(frame)
+            await ws.send_message(b"")
+            messages, code = await messages_until_close(ws)
+    assert code == 1000
+    with zipfile.ZipFile(io.BytesIO(messages[-1])) as archive:
+        assert len(json.loads(archive.read("transcript.json"))["utterances"]) == 1
+        assert ("scrubbed.wav" in archive.namelist()) == ("scrubaudio" in tags)
+    assert rendered_in["EndOfTranscript"] is not threading.main_thread()  # trio runs on the main thread here
+    assert rendered_in["Final"] is threading.main_thread()  # cheap renders stay where they were
