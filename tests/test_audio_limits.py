@@ -292,3 +292,33 @@ async def test_vblaze_zip_and_scrubbed_audio_are_rendered_in_a_worker_thread(mon
         assert ("scrubbed.wav" in archive.namelist()) == ("scrubaudio" in tags)
     assert rendered_in["EndOfTranscript"] is not threading.main_thread()  # trio runs on the main thread here
     assert rendered_in["Final"] is threading.main_thread()  # cheap renders stay where they were
+
+
+# --- the options ----------------------------------------------------------------------------------------------
+
+
+def test_the_audio_limits_are_explained_in_serve_help(capsys):
+    from stt.cli import main
+
+    with pytest.raises(SystemExit):
+        main(["serve", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for option in ("--max-channels N", "--max-message-samples N", "--max-samples-per-second N",
+                   "--max-file-bytes BYTES", "--max-file-buffer-bytes BYTES"):
+        assert option in text
+    assert "(default: 8)" in text and "audio error" in text and "busy error" in text
+
+
+def test_the_audio_limits_reach_the_server_from_the_command_line_the_environment_and_the_file(tmp_path):
+    from stt.cli import _parser
+    from stt.config import ConfigError, resolve, server_config
+
+    config = tmp_path / "stt.toml"
+    config.write_text("max_file_buffer_bytes = 1000000\n")
+    settings = resolve(_parser, ["serve", "--max-channels", "2", "--config", str(config)],
+                       env={"STT_MAX_MESSAGE_SAMPLES": "5000", "STT_MAX_SAMPLES_PER_SECOND": "0"})
+    server = server_config(settings)
+    assert (server.limits.max_channels, server.limits.max_message_samples, server.limits.max_samples_per_second,
+            server.max_file_buffer_bytes) == (2, 5000, 0, 1_000_000)
+    with pytest.raises(ConfigError, match="--max-channels must be 0"):
+        server_config(resolve(_parser, ["serve", "--max-channels", "-1"], env={}))
