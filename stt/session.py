@@ -165,6 +165,7 @@ class Session:
         self.faults = faults  # what the client asked the server to do wrong (stt.faults)
         self.file_buffers = file_buffers  # the server's budget for files decoded whole, all sessions together
         self._rendering: trio.Event | None = None  # set when a costly render, in a worker thread, is done
+        self._dialect_held = 0  # bytes of file_buffers taken for the audio the dialect keeps (kept_bytes)
         self.limits = attrs.evolve(limits, idle_timeout=faults.idle_timeout) if faults.idle_timeout else limits
         self._timed_faults = sorted((t for t in faults.triggers if t.at is not None), key=lambda t: t.at)
         self._stalled = False  # the stall fault has happened
@@ -222,7 +223,12 @@ class Session:
             except Exception as exc:  # a bug in the server: end this session, keep serving the others
                 log.exception("session %s failed", self.id)
                 self._end("internal_error", f"{type(exc).__name__}")
-        await self._close()
+        try:
+            await self._close()
+        finally:
+            if self._dialect_held:  # the audio the dialect kept (_hold_kept_audio) goes with the session
+                self.file_buffers.give_back(self._dialect_held)
+                self._dialect_held = 0
         return self.ending
 
     async def _run_tasks(self) -> None:
@@ -340,6 +346,8 @@ class Session:
                     self.frames_in += 1
                     await self._dialect_free()
                     events = self.dialect.receive(frame)
+                    if not self._hold_kept_audio():
+                        await trio.lowlevel.checkpoint()  # ended busy: we are cancelled here
                     if self.logbook is not None:
                         self.logbook.frame("in", frame, self.dialect.machine.state, events, early=early is not None)
                     for event in events:
@@ -358,6 +366,20 @@ class Session:
                 self._end("dropped", f"close code {code}")
             else:
                 self._end("client_closed", f"close code {code}")
+
+    def _hold_kept_audio(self) -> bool:
+        """A dialect that keeps the client's audio whole till the end (`kept_bytes`: V-Blaze's scrubaudio) takes it
+        from the server's whole-file budget, as an MP4 does; False, and the session ended busy, past it."""
+        kept = getattr(self.dialect, "kept_bytes", 0)
+        if self.file_buffers is None or kept <= self._dialect_held:
+            return True
+        try:
+            self.file_buffers.take(kept - self._dialect_held)
+        except FileBuffersFull as exc:
+            self._end("busy", str(exc))
+            return False
+        self._dialect_held = kept
+        return True
 
     async def _handle(self, event: object) -> None:
         if isinstance(event, Violation):

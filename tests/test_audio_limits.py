@@ -322,3 +322,25 @@ def test_the_audio_limits_reach_the_server_from_the_command_line_the_environment
             server.max_file_buffer_bytes) == (2, 5000, 0, 1_000_000)
     with pytest.raises(ConfigError, match="--max-channels must be 0"):
         server_config(resolve(_parser, ["serve", "--max-channels", "-1"], env={}))
+
+
+async def test_vblaze_scrubaudio_keeps_its_audio_within_the_same_budget_and_ends_busy_beyond_it():
+    audio = wav_header(1) + silence(4.0)  # 128 KB kept for the scrubbed audio
+    async with running_server(max_file_buffer_bytes=200_000) as server:
+        url = f"ws://127.0.0.1:{server.port}/transcribe?scrubaudio=true"
+        async with open_websocket_url(url) as first:
+            for frame in frames_of(audio, 4096):
+                await first.send_message(frame)
+            await wait_until(lambda: server.file_buffers.held == len(audio))
+            async with open_websocket_url(url) as second:
+                for frame in frames_of(audio, 4096):
+                    try:
+                        await second.send_message(frame)
+                    except ConnectionClosed:
+                        break
+                messages, code = await messages_until_close(second)
+            assert code == 1013 and messages == [] and "retry later" in second.closed.reason
+            await first.send_message(b"")
+            messages, code = await messages_until_close(first)
+        assert code == 1000 and zipfile.ZipFile(io.BytesIO(messages[-1])).namelist()[-1] == "scrubbed.wav"
+        await wait_until(lambda: server.file_buffers.held == 0 and not server.sessions)

@@ -286,6 +286,12 @@ class VBlazeDialect:
             return self.render_violation(item)
         raise TypeError(f"vblaze cannot render {item!r}")
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the client's audio kept whole for the end (scrubaudio), which the session counts against the
+        server's budget for whole files (--max-file-buffer-bytes)."""
+        return len(self._kept)
+
     def costly(self, item: Any) -> bool:
         """Whether rendering `item` takes long enough (a ZIP, scrubbed audio: about a second per 32 MiB) that the
         session runs it in a worker thread, off the event loop."""
