@@ -4,7 +4,7 @@ between frames by itself, so no frame is ever cut in half.
 
     reader  : ws -> dialect.receive -> events   (audio goes to the decoder; acks and warnings to the writer)
     decoder : audio -> stt.audio -> engine stream -> results
-    writer  : results -> dialect.render -> ws
+    writer  : results -> dialect.render -> ws   (a result the dialect calls costly, in a worker thread)
     status, speech idle (only for dialects that ask): periodic SessionStatus; the end of a session without speech
 
 The dialect's greeting frames go out first; events it derives from the handshake alone (on_open) are handled
