@@ -453,6 +453,9 @@ class Session:
         except UnsupportedAudio as exc:  # dialects validate formats; this is a server bug if it happens
             self._end("internal_error", str(exc))
             return
+        except BadAudio as exc:  # a raw format of more channels than --max-channels
+            self._end("bad_audio", str(exc))
+            return
         settings = StreamSettings(config.language, config.partials, config.max_delay, config.endpointing,
                                   config.hints)
         try:
