@@ -190,7 +190,7 @@ def _add_audio_limits_options(serve: argparse.ArgumentParser) -> None:
     group = serve.add_argument_group(
         "audio limits",
         "What decoding one client's audio may cost, sized for 2 cores and 24 GiB; 0: no limit. Audio past a "
-        "limit ends its session with the dialect's bad-audio error (Speechmatics job_error 4013, YourVoic "
+        "limit (but the rate) ends its session with the dialect's bad-audio error (Speechmatics job_error 4013, YourVoic "
         "INVALID_AUDIO 1007, V-Blaze 1007, ...); a file that does not fit --max-file-buffer-bytes, with its busy "
         "error (Speechmatics quota_exceeded 4005, YourVoic CONCURRENT_LIMIT, V-Blaze 1013), since the client may "
         "retry it later. Samples are counted at the audio's own rate, all channels (docs/operations.md).")
@@ -204,9 +204,10 @@ def _add_audio_limits_options(serve: argparse.ArgumentParser) -> None:
                             f"{limits.max_message_samples}: 17 minutes of 16 kHz mono, 3 of 48 kHz stereo)")
     group.add_argument("--max-samples-per-second", type=int, default=limits.max_samples_per_second, metavar="N",
                        help="decoded samples a session may produce per second of wall time, on average (one "
-                            "message's worth ahead): a bound on audio that expands over many small messages, far "
-                            f"above what a recognizer transcribes (default: {limits.max_samples_per_second}: 87 s "
-                            "of 48 kHz mono a second)")
+                            "message's worth ahead): audio that expands over many small messages is slowed to "
+                            "this (the server reads less from the client), not refused, since silence decodes as "
+                            f"fast as a bomb (default: {limits.max_samples_per_second}: 87 s of 48 kHz mono, 524 s "
+                            "of 16 kHz mono a second)")
     group.add_argument("--max-file-bytes", type=int, default=limits.max_file_bytes, metavar="BYTES",
                        help="largest MP4/M4A/MOV a session may send (these are held whole until their end; larger "
                             f"is bad audio) (default: {limits.max_file_bytes})")

@@ -83,10 +83,10 @@ class SessionLimits:
     max_batch_bytes: int = 64 * 1024  # audio the decoder coalesces into one engine call
     max_file_bytes: int = 64 << 20  # an MP4/M4A file, which is decoded whole, may be at most this large
     max_session_seconds: float = 0.0  # a session is ended (the "session_timeout" ending) after this long; 0: never
-    # What decoding may cost (stt.audio.limits); past a limit, the dialect's bad-audio ending. 0: no limit.
+    # What decoding may cost (stt.audio.limits); past the first two, the dialect's bad-audio ending. 0: no limit.
     max_channels: int = 8  # channels in the audio (V-Blaze opens a recognizer stream for each)
     max_message_samples: int = 1 << 24  # decoded samples (all channels, the audio's rate) one audio message may become
-    max_samples_per_second: int = 1 << 23  # decoded samples per second of wall time, on average
+    max_samples_per_second: int = 1 << 23  # decoded samples per second of wall time, on average; faster waits
 
 
 class ChannelStreams:
@@ -499,7 +499,7 @@ class Session:
                     self.lifecycle.advance("audio")
                 decoded = decoder.decoded
                 samples = await self._run_decoder(decoder.decode, b"".join(chunks))
-                rate.spend(decoder.decoded - decoded, trio.current_time())
+                await self._throttle(rate.spend(decoder.decoded - decoded, trio.current_time()))
                 self.audio_samples += samples.shape[-1]
                 while self._timed_faults and self._timed_faults[0].at <= self.audio_seconds:
                     await self._out_send.send(self._timed_faults.pop(0))  # after the results so far
@@ -515,7 +515,7 @@ class Session:
                 while True:  # a file decoded whole (MP4) comes in pieces
                     decoded = decoder.decoded
                     tail = await self._run_decoder(decoder.finish)
-                    rate.spend(decoder.decoded - decoded, trio.current_time())
+                    await self._throttle(rate.spend(decoder.decoded - decoded, trio.current_time()))
                     tails += tail.shape[-1]
                     if tail.size:  # what a container held back until its end arrived, with the last frame
                         self.metrics.audio((self.audio_samples + tails) / self.engine.sample_rate,
@@ -534,6 +534,13 @@ class Session:
                 await self._out_send.send(result)
             if isinstance(item, EndOfAudio):
                 return
+
+    @staticmethod
+    async def _throttle(seconds: float) -> None:
+        """--max-samples-per-second: wait while the session's audio decodes faster than that; meanwhile the
+        audio queue fills, the reader stops reading, and TCP slows the client down."""
+        if seconds > 0:
+            await trio.sleep(seconds)
 
     def _arrived(self, frames: int) -> float:
         """When the last of the next `frames` queued audio frames arrived (and forget them)."""

@@ -1,6 +1,6 @@
 """Nothing a client's audio claims or expands into can exhaust the server (docs/operations.md, "Audio limits"):
 over localhost sockets, a WAV claiming 64 channels, a FLAC of 90 minutes of silence in 1 MB (to a `stt serve`
-subprocess, whose memory is read from /proc), audio decoding faster than the rate limit, files decoded whole
+subprocess, whose memory is read from /proc), audio decoding faster than the rate limit (slowed), files decoded whole
 beyond the server's budget; and V-Blaze's costly renders (ZIP, scrubbed audio) run off the event loop."""
 
 from __future__ import annotations
@@ -26,14 +26,12 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.dialects.vblaze import VBlazeDialect
 from stt.session import SessionLimits
-from tests.helpers import encode_audio, flac_of_silence, frames_of, running_server, silence, wait_until
+from tests.helpers import (encode_audio, flac_of_silence, frames_of, receive_all, running_server, session_pair,
+                           silence, start_message, wait_until)
 
 YOURVOIC = "/api/v1/stt/realtime/stream"
 FILE_START = json.dumps({"message": "StartRecognition", "audio_format": {"type": "file"},
                          "transcription_config": {"language": "en"}})
-RAW_START = json.dumps({"message": "StartRecognition",
-                        "audio_format": {"type": "raw", "encoding": "pcm_s16le", "sample_rate": 16000},
-                        "transcription_config": {"language": "en"}})
 
 
 async def messages_until_close(ws, timeout: float = 30.0) -> tuple[list, int]:
@@ -213,20 +211,25 @@ async def test_a_flac_bomb_to_yourvoic_and_speechmatics_is_bad_audio_at_once_and
     assert await yourvoic_served(port)  # the server goes on
 
 
-async def test_audio_decoding_faster_than_the_rate_limit_is_bad_audio():
-    limits = SessionLimits(max_message_samples=16000, max_samples_per_second=16000)  # 1 s of audio a second
-    async with running_server(limits=limits) as server:
-        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2") as ws:
-            await ws.send_message(RAW_START)
-            for frame in frames_of(silence(10.0), 8000):  # 10 s of audio in milliseconds
-                try:
-                    await ws.send_message(frame)
-                except ConnectionClosed:
-                    break
-            messages, code = await messages_until_close(ws)
-        error = json.loads(messages[-1])
-        assert (error["type"], code) == ("job_error", 4013) and "--max-samples-per-second" in error["reason"]
-        await wait_until(lambda: not server.sessions)
+@pytest.mark.parametrize("rate, at_least", [(16000, 9.0), (0, 0.0)])
+async def test_audio_decoding_faster_than_the_rate_limit_is_slowed_to_it_and_nothing_is_lost(
+        autojump_clock, rate, at_least):
+    """10 s of audio sent at once, at a limit of 1 s of audio a second of (virtual) wall time, one second's worth
+    ahead: the transcript takes 9 s, and is all there; with no limit (0), no time."""
+    limits = SessionLimits(max_message_samples=16000, max_samples_per_second=rate)
+    async with session_pair(limits=limits) as (server, ws):
+        await ws.send_message(start_message())
+        await receive_all(ws, until="RecognitionStarted")
+        start = trio.current_time()
+        frames = frames_of(silence(10.0), 8000)
+        for frame in frames:
+            await ws.send_message(frame)
+        await ws.send_message(json.dumps({"message": "EndOfStream", "last_seq_no": len(frames)}))
+        messages, _ = await receive_all(ws, until="EndOfTranscript")
+        took = trio.current_time() - start
+    words = [m["metadata"]["transcript"] for m in messages if m["message"] == "AddTranscript"]
+    assert len(" ".join(words).split()) == 20  # a word every 0.5 s: all 10 s were recognised
+    assert at_least <= took < at_least + 1.5
 
 
 # --- the whole-file budget ------------------------------------------------------------------------------------

@@ -3,8 +3,9 @@ and the bytes of whole-file buffers that all sessions of a process hold together
 
 Compressed audio can expand without bound: a 1 MB FLAC of silence is 90 minutes, 86 million samples. So a
 decoder counts the samples each message decodes into (at the audio's own rate, all channels: what it holds in
-memory) and stops, with AudioLimitExceeded (a BadAudio), past a limit (stt.session.SessionLimits); `DecodeRate`
-does the same for the samples decoded per second of wall time, for a bomb spread over many small messages.
+memory) and stops, with AudioLimitExceeded (a BadAudio), past a limit (stt.session.SessionLimits). `DecodeRate`
+bounds the samples decoded per second of wall time, for a bomb spread over many small messages, by making the
+session wait (and so its client: TCP pushes back), not by an error.
 `FileBuffers` is the one budget for the files decoded whole (MP4/M4A) of every session of a process: a file that
 would take it past its bytes raises FileBuffersFull, which is no fault of the audio (the client may retry).
 
@@ -17,7 +18,7 @@ import ctypes
 import ctypes.util
 import threading
 
-from stt.audio.errors import AudioLimitExceeded, FileBuffersFull
+from stt.audio.errors import FileBuffersFull
 
 
 #: The default of --max-file-buffer-bytes: four files of the largest size a session may send (64 MiB).
@@ -25,23 +26,24 @@ MAX_FILE_BUFFER_BYTES = 256 << 20
 
 
 class DecodeRate:
-    """A token bucket of decoded samples: `rate` a second, and at most `burst` (one message's worth) ahead."""
+    """A token bucket of decoded samples: `rate` a second, and at most `burst` (one message's worth) ahead.
+
+    Going faster is not an error: audio with long silences, sent as fast as the network allows, legitimately
+    decodes as fast as a bomb does. The caller waits instead (`spend` says how long), and its client with it."""
 
     def __init__(self, rate: int, burst: int, now: float) -> None:
         self.rate, self.burst = rate, burst
         self._tokens = float(burst)
         self._at = now
 
-    def spend(self, samples: int, now: float) -> None:
-        """Count `samples` decoded at `now`; AudioLimitExceeded when the session decodes faster than the rate."""
+    def spend(self, samples: int, now: float) -> float:
+        """Count `samples` decoded at `now`; the seconds to wait before decoding more (0: none)."""
         if self.rate <= 0:
-            return
+            return 0.0
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
         self._tokens -= samples
-        if self._tokens < 0:
-            raise AudioLimitExceeded(f"the audio decodes into more than {self.rate} samples a second of wall time "
-                                     "(--max-samples-per-second)")
+        return -self._tokens / self.rate if self._tokens < 0 else 0.0
 
 
 class FileBuffers:

@@ -93,10 +93,10 @@ def test_the_whole_file_budget_is_shared_taken_as_bytes_arrive_and_given_back_at
     assert buffers.held == 0  # closed without finishing: given back too
 
 
-def test_the_decode_rate_allows_a_burst_then_the_rate_and_refuses_beyond():
+def test_the_decode_rate_allows_a_burst_then_the_rate_and_says_how_long_to_wait_beyond():
     rate = DecodeRate(1000, burst=5000, now=0.0)
-    rate.spend(5000, now=0.0)  # the burst
-    rate.spend(1000, now=1.0)  # a second's worth, a second later
-    with pytest.raises(AudioLimitExceeded, match="1000 samples a second"):
-        rate.spend(1500, now=2.0)
-    DecodeRate(0, burst=0, now=0.0).spend(10**12, now=0.0)  # 0: no limit
+    assert rate.spend(5000, now=0.0) == 0  # the burst
+    assert rate.spend(1000, now=1.0) == 0  # a second's worth, a second later
+    assert rate.spend(1500, now=2.0) == pytest.approx(0.5)  # 500 too many: half a second at 1000 a second
+    assert rate.spend(0, now=2.5) == 0  # waited: even again
+    assert DecodeRate(0, burst=0, now=0.0).spend(10**12, now=0.0) == 0  # 0: no limit
