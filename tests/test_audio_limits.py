@@ -347,3 +347,35 @@ async def test_vblaze_scrubaudio_keeps_its_audio_within_the_same_budget_and_ends
             messages, code = await messages_until_close(first)
         assert code == 1000 and zipfile.ZipFile(io.BytesIO(messages[-1])).namelist()[-1] == "scrubbed.wav"
         await wait_until(lambda: server.file_buffers.held == 0 and not server.sessions)
+
+
+async def test_the_reader_leaves_the_dialect_alone_while_a_costly_render_runs_in_its_thread(monkeypatch):
+    """A dialect is not thread-safe: a frame that arrives during the ZIP's render is read after it."""
+    events = []
+    render, receive = VBlazeDialect.render, VBlazeDialect.receive
+
+    def slow_render(self, item):
+        if type(item).__name__ != "EndOfTranscript":
+            return render(self, item)
+        events.append("render starts")
+        time.sleep(0.5)  # in the worker thread: the client's next frame arrives meanwhile
+        events.append("render ends")
+        return render(self, item)
+
+    def recording_receive(self, frame):
+        if events:
+            events.append("receive")
+        return receive(self, frame)
+
+    monkeypatch.setattr(VBlazeDialect, "render", slow_render)
+    monkeypatch.setattr(VBlazeDialect, "receive", recording_receive)
+    async with running_server() as server:
+        async with open_websocket_url(f"ws://127.0.0.1:{server.port}/transcribe?outzip=true") as ws:
+            for frame in frames_of(wav_header(1) + silence(2.2), 4096):
+                await ws.send_message(frame)
+            await ws.send_message(b"")
+            await wait_until(lambda: events)
+            await ws.send_message(b"late audio")
+            messages, code = await messages_until_close(ws)
+    assert events[:2] == ["render starts", "render ends"]
+    assert code in (1000, 1008)  # the ZIP went out (then the late frame may break a rule)
