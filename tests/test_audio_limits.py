@@ -205,7 +205,7 @@ async def test_a_flac_bomb_to_yourvoic_and_speechmatics_is_bad_audio_at_once_and
     elapsed = time.monotonic() - started
     memory = _memory(pid)
     print(f"baseline {baseline} MB, peak {memory['VmHWM']} MB, after {memory['VmRSS']} MB, {elapsed:.1f} s")
-    assert elapsed < 20  # the whole 90 minutes took 16 s to decode on this machine, before the cap
+    assert elapsed < 40  # both: 5 to 9 s on a busy 2-core machine; before the cap, 25 s for one
     assert memory["VmHWM"] - baseline < 300  # before the cap: 1.3 GB more
     assert memory["VmRSS"] - baseline < 100  # and given back when the sessions end (before: 424 MB held)
     assert await yourvoic_served(port)  # the server goes on
