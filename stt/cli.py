@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_operations_options(serve)
     _add_limits_and_admin_options(serve)
     _add_handshake_options(serve)
+    _add_audio_limits_options(serve)
     _add_conformance_options(serve)
     _add_client_fault_options(serve)
 
@@ -207,6 +208,39 @@ def _add_handshake_options(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--max-pending-handshakes-per-address", type=int, default=limits.max_pending_per_address,
                        metavar="N", help="connections in their handshake at once from one client IP address; 0: no "
                                          f"limit (default: {limits.max_pending_per_address})")
+
+
+def _add_audio_limits_options(serve: argparse.ArgumentParser) -> None:
+    from stt.audio.limits import MAX_FILE_BUFFER_BYTES
+
+    limits = SessionLimits()
+    group = serve.add_argument_group(
+        "audio limits",
+        "What decoding one client's audio may cost, sized for 2 cores and 24 GiB; 0: no limit. Audio past a "
+        "limit (but the rate) ends its session with the dialect's bad-audio error (Speechmatics job_error 4013, YourVoic "
+        "INVALID_AUDIO 1007, V-Blaze 1007, ...); a file that does not fit --max-file-buffer-bytes, with its busy "
+        "error (Speechmatics quota_exceeded 4005, YourVoic CONCURRENT_LIMIT, V-Blaze 1013), since the client may "
+        "retry it later. Samples are counted at the audio's own rate, all channels (docs/operations.md).")
+    group.add_argument("--max-channels", type=int, default=limits.max_channels, metavar="N",
+                       help="channels the audio may have (V-Blaze recognises each channel of a WAV with a "
+                            f"recognizer stream of its own) (default: {limits.max_channels})")
+    group.add_argument("--max-message-samples", type=int, default=limits.max_message_samples, metavar="N",
+                       help="decoded samples one audio message may become: compressed audio (FLAC, Opus, MP3, ...) "
+                            "is decoded only this far, so a small file of an hour of silence cannot fill the "
+                            f"memory; an MP4/M4A, decoded whole at its end, counts as one message (default: "
+                            f"{limits.max_message_samples}: 17 minutes of 16 kHz mono, 3 of 48 kHz stereo)")
+    group.add_argument("--max-samples-per-second", type=int, default=limits.max_samples_per_second, metavar="N",
+                       help="decoded samples a session may produce per second of wall time, on average (one "
+                            "message's worth ahead): audio that expands over many small messages is slowed to "
+                            "this (the server reads less from the client), not refused, since silence decodes as "
+                            f"fast as a bomb (default: {limits.max_samples_per_second}: 87 s of 48 kHz mono, 524 s "
+                            "of 16 kHz mono a second)")
+    group.add_argument("--max-file-bytes", type=int, default=limits.max_file_bytes, metavar="BYTES",
+                       help="largest MP4/M4A/MOV a session may send (these are held whole until their end; larger "
+                            f"is bad audio) (default: {limits.max_file_bytes})")
+    group.add_argument("--max-file-buffer-bytes", type=int, default=MAX_FILE_BUFFER_BYTES, metavar="BYTES",
+                       help="bytes of such files all sessions of the process may hold at once; a session whose file "
+                            f"would take it past them ends busy (default: {MAX_FILE_BUFFER_BYTES})")
 
 
 def _add_conformance_options(serve: argparse.ArgumentParser) -> None:

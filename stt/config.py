@@ -215,7 +215,7 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         decode_workers=settings.decode_workers,
         api_keys=KeyRing(keys),
         limits=SessionLimits(idle_timeout=settings.idle_timeout, max_message_bytes=settings.max_message_bytes,
-                             max_session_seconds=settings.max_session_seconds),
+                             max_session_seconds=settings.max_session_seconds, **_audio_limits(settings)),
         allow_private_urls=settings.allow_private_urls,
         certfile=certfile,
         keyfile=keyfile,
@@ -229,6 +229,7 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         faults=_faults(settings.fault),
         allow_client_faults=settings.allow_client_faults,
         handshakes=_handshake_limits(settings),
+        max_file_buffer_bytes=settings.max_file_buffer_bytes,
         **fields,
     )
 
@@ -247,6 +248,18 @@ def _handshake_limits(settings: argparse.Namespace) -> HandshakeLimits:
             raise ConfigError(f"{flag} {rule} (got {value:g})")
     return HandshakeLimits(timeout=settings.handshake_timeout, max_pending=settings.max_pending_handshakes,
                            max_pending_per_address=settings.max_pending_handshakes_per_address)
+
+
+def _audio_limits(settings: argparse.Namespace) -> dict[str, int]:
+    """The SessionLimits of the audio limits group (stt.cli._add_audio_limits_options), checked."""
+    limits = {"max_channels": settings.max_channels, "max_message_samples": settings.max_message_samples,
+              "max_samples_per_second": settings.max_samples_per_second, "max_file_bytes": settings.max_file_bytes}
+    for key, value in [*limits.items(), ("max_file_buffer_bytes", settings.max_file_buffer_bytes)]:
+        if value < 0:
+            raise ConfigError(f"--{key.replace('_', '-')} must be 0 (no limit) or more (got {value})")
+    if limits["max_file_bytes"] == 0:
+        raise ConfigError("--max-file-bytes must be more than 0")
+    return limits
 
 
 def _faults(text: str | None) -> str:

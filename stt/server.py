@@ -33,6 +33,8 @@ from wsproto.utilities import LocalProtocolError, RemoteProtocolError
 from stt import __version__
 from stt.admin import open_admin
 from stt.admission import Admission, Unlimited
+from stt.audio import FileBuffers
+from stt.audio.limits import MAX_FILE_BUFFER_BYTES
 from stt.conformance.checks import write_client_report
 from stt.conformance.logbook import CONFORMANCE_HEADER, CONFORMANCE_QUERY, open_logbook
 from stt.dialects import dialect_for
@@ -83,6 +85,7 @@ class ServerConfig:
     #: Connections may bring their own fault plan (x-stt-fault, stt_fault); implied by conformance_dir. Off: 403.
     allow_client_faults: bool = False
     handshakes: HandshakeLimits = attrs.field(factory=lambda: HandshakeLimits())  # connections not upgraded yet
+    max_file_buffer_bytes: int = MAX_FILE_BUFFER_BYTES  # files decoded whole (MP4), all sessions of the process together; 0: none
 
 
 def open_file_limit() -> int:
@@ -228,6 +231,7 @@ class Server:
         self.metrics = Metrics(lambda: ((s.dialect.name, s.lifecycle.state) for s in self.sessions))
         self.admin_port: int | None = None  # the admin port, when open_server opened one
         self.handshakes = PendingHandshakes(config.handshakes)  # connections not upgraded yet (_serve_stream)
+        self.file_buffers = FileBuffers(config.max_file_buffer_bytes)  # shared by the sessions' decoders
 
     async def handle(self, request: WebSocketRequest) -> None:
         """One connection, from handshake to close. Nothing that happens here may stop the server, and a failure
@@ -373,7 +377,8 @@ class Server:
             session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits,
                               authorise=self.keys.allows, admission=ticket,
                               allow_private_urls=self.config.allow_private_urls,
-                              metrics=self.metrics.session(dialect.name), faults=faults)
+                              metrics=self.metrics.session(dialect.name), faults=faults,
+                              file_buffers=self.file_buffers)
             if busy is not None:
                 session.refuse("busy", busy[1])  # the dialect's error and close, at once (Speechmatics: 4005)
             else:

@@ -4,7 +4,7 @@ between frames by itself, so no frame is ever cut in half.
 
     reader  : ws -> dialect.receive -> events   (audio goes to the decoder; acks and warnings to the writer)
     decoder : audio -> stt.audio -> engine stream -> results
-    writer  : results -> dialect.render -> ws
+    writer  : results -> dialect.render -> ws   (a result the dialect calls costly, in a worker thread)
     status, speech idle (only for dialects that ask): periodic SessionStatus; the end of a session without speech
 
 The dialect's greeting frames go out first; events it derives from the handshake alone (on_open) are handled
@@ -38,6 +38,8 @@ from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from stt.admission import Ticket, Unlimited
 from stt.audio import BadAudio, UnsupportedAudio, open_decoder
+from stt.audio import (AudioLimitExceeded, BadAudio, DecodeRate, FileBuffers, FileBuffersFull, UnsupportedAudio,
+                       open_decoder)
 from stt.dialects.base import Dialect, render_shutting_down
 from stt.engines.base import Engine, StreamSettings
 from stt.fetch import WHY_NOT, FetchError, UrlNotAllowed, stream_url
@@ -84,6 +86,10 @@ class SessionLimits:
     max_batch_bytes: int = 64 * 1024  # audio the decoder coalesces into one engine call
     max_file_bytes: int = 64 << 20  # an MP4/M4A file, which is decoded whole, may be at most this large
     max_session_seconds: float = 0.0  # a session is ended (the "session_timeout" ending) after this long; 0: never
+    # What decoding may cost (stt.audio.limits); past the first two, the dialect's bad-audio ending. 0: no limit.
+    max_channels: int = 8  # channels in the audio (V-Blaze opens a recognizer stream for each)
+    max_message_samples: int = 1 << 24  # decoded samples (all channels, the audio's rate) one audio message may become
+    max_samples_per_second: int = 1 << 23  # decoded samples per second of wall time, on average; faster waits
 
 
 class ChannelStreams:
@@ -91,11 +97,15 @@ class ChannelStreams:
     apart, one per channel, opened as the audio reveals them (a WAV header comes with the first bytes). Fed a
     row per channel, it tags each result with its channel."""
 
-    def __init__(self, engine: Engine, settings: StreamSettings, stack: AsyncExitStack):
+    def __init__(self, engine: Engine, settings: StreamSettings, stack: AsyncExitStack, max_channels: int = 0):
         self.engine, self.settings, self._stack = engine, settings, stack
+        self.max_channels = max_channels  # more streams than this are never opened (0: no limit)
         self.streams: list = []
 
     async def open(self, channels: int) -> None:
+        if self.max_channels and channels > self.max_channels:
+            raise AudioLimitExceeded(f"the audio has {channels} channels; at most {self.max_channels} are served "
+                                     "(--max-channels)")
         while len(self.streams) < channels:
             self.streams.append(await self._stack.enter_async_context(self.engine.open_stream(self.settings)))
 
@@ -149,6 +159,7 @@ class Session:
         metrics: SessionMetrics | None = None,
         logbook: Logbook | None = None,
         faults: FaultPlan = FaultPlan(""),
+        file_buffers: FileBuffers | None = None,
     ):
         self.id = str(uuid.uuid4())
         self.ws = ws
@@ -156,6 +167,9 @@ class Session:
         self.engine = engine
         self.lifecycle = lifecycle
         self.faults = faults  # what the client asked the server to do wrong (stt.faults)
+        self.file_buffers = file_buffers  # the server's budget for files decoded whole, all sessions together
+        self._rendering: trio.Event | None = None  # set when a costly render, in a worker thread, is done
+        self._dialect_held = 0  # bytes of file_buffers taken for the audio the dialect keeps (kept_bytes)
         self.limits = attrs.evolve(limits, idle_timeout=faults.idle_timeout) if faults.idle_timeout else limits
         self._timed_faults = sorted((t for t in faults.triggers if t.at is not None), key=lambda t: t.at)
         self._stalled = False  # the stall fault has happened
@@ -217,7 +231,12 @@ class Session:
             except Exception as exc:  # a bug in the server: end this session, keep serving the others
                 log.exception("session %s failed", self.id)
                 self._end("internal_error", f"{type(exc).__name__}")
-        await self._close()
+        try:
+            await self._close()
+        finally:
+            if self._dialect_held:  # the audio the dialect kept (_hold_kept_audio) goes with the session
+                self.file_buffers.give_back(self._dialect_held)
+                self._dialect_held = 0
         return self.ending
 
     async def _run_tasks(self) -> None:
@@ -349,7 +368,10 @@ class Session:
                     else:
                         frame = early
                     self.frames_in += 1
+                    await self._dialect_free()
                     events = self.dialect.receive(frame)
+                    if not self._hold_kept_audio():
+                        await trio.lowlevel.checkpoint()  # ended busy: we are cancelled here
                     if self.logbook is not None:
                         self.logbook.frame("in", frame, self.dialect.machine.state, events, early=early is not None)
                     for event in events:
@@ -371,6 +393,20 @@ class Session:
                 self._end("dropped", f"close code {code}")
             else:
                 self._end("client_closed", f"close code {code}")
+
+    def _hold_kept_audio(self) -> bool:
+        """A dialect that keeps the client's audio whole till the end (`kept_bytes`: V-Blaze's scrubaudio) takes it
+        from the server's whole-file budget, as an MP4 does; False, and the session ended busy, past it."""
+        kept = getattr(self.dialect, "kept_bytes", 0)
+        if self.file_buffers is None or kept <= self._dialect_held:
+            return True
+        try:
+            self.file_buffers.take(kept - self._dialect_held)
+        except FileBuffersFull as exc:
+            self._end("busy", str(exc))
+            return False
+        self._dialect_held = kept
+        return True
 
     async def _handle(self, event: object) -> None:
         if isinstance(event, Violation):
@@ -443,16 +479,21 @@ class Session:
         assert isinstance(config, Configure)
         try:
             decoder = open_decoder(config.audio, self.engine.sample_rate, max_file_bytes=self.limits.max_file_bytes,
-                                   split_channels=config.split_channels)
+                                   split_channels=config.split_channels, max_channels=self.limits.max_channels,
+                                   max_message_samples=self.limits.max_message_samples,
+                                   file_buffers=self.file_buffers)
         except UnsupportedAudio as exc:  # dialects validate formats; this is a server bug if it happens
             self._end("internal_error", str(exc))
+            return
+        except BadAudio as exc:  # a raw format of more channels than --max-channels
+            self._end("bad_audio", str(exc))
             return
         settings = StreamSettings(config.language, config.partials, config.max_delay, config.endpointing,
                                   config.hints)
         try:
             with decoder:  # a compressed container's decoder thread stops here, however the session ends
                 async with AsyncExitStack() as stack:
-                    stream = ChannelStreams(self.engine, settings, stack)
+                    stream = ChannelStreams(self.engine, settings, stack, self.limits.max_channels)
                     await stream.open(1)
                     self.lifecycle.advance("ready")
                     started = SessionStarted(self.id, config, getattr(self.engine, "name", ""))
@@ -460,12 +501,17 @@ class Session:
                     await self._decode(stream, decoder)
         except BadAudio as exc:
             self._end("bad_audio", str(exc))
+        except FileBuffersFull as exc:  # the audio is not at fault: the server is, for now (the client may retry)
+            self._end("busy", str(exc))
         except Exception as exc:
             log.exception("session %s: recognizer failed", self.id)
             self._end("internal_error", f"recognizer failed: {type(exc).__name__}")
 
     async def _decode(self, stream, decoder) -> None:
         pending = None
+        limits = self.limits
+        rate = DecodeRate(limits.max_samples_per_second, max(limits.max_message_samples, limits.max_samples_per_second),
+                          trio.current_time())
         while True:
             item = pending if pending is not None else await self._audio_recv.receive()
             pending = None
@@ -484,7 +530,9 @@ class Session:
                     size += len(nxt.data)
                 if self.lifecycle.state == "listening":
                     self.lifecycle.advance("audio")
+                decoded = decoder.decoded
                 samples = await self._run_decoder(decoder.decode, b"".join(chunks))
+                await self._throttle(rate.spend(decoder.decoded - decoded, trio.current_time()))
                 self.audio_samples += samples.shape[-1]
                 while self._timed_faults and self._timed_faults[0].at <= self.audio_seconds:
                     await self._out_send.send(self._timed_faults.pop(0))  # after the results so far
@@ -496,11 +544,21 @@ class Session:
             elif isinstance(item, Flush):
                 results = await self._timed(stream.flush())
             elif isinstance(item, EndOfAudio):
-                tail = await self._run_decoder(decoder.finish)
-                if tail.size:  # what a container held back until its end arrived, with the last frame
-                    self.metrics.audio((self.audio_samples + tail.shape[-1]) / self.engine.sample_rate,
-                                       self._last_arrival)
-                results = await self._timed(stream.feed(tail)) if tail.size else []
+                results, tails = [], 0
+                while True:  # a file decoded whole (MP4) comes in pieces
+                    decoded = decoder.decoded
+                    tail = await self._run_decoder(decoder.finish)
+                    await self._throttle(rate.spend(decoder.decoded - decoded, trio.current_time()))
+                    tails += tail.shape[-1]
+                    if tail.size:  # what a container held back until its end arrived, with the last frame
+                        self.metrics.audio((self.audio_samples + tails) / self.engine.sample_rate,
+                                           self._last_arrival)
+                    results += await self._timed(stream.feed(tail)) if tail.size else []
+                    if not decoder.more:
+                        break
+                    for result in results:
+                        await self._out_send.send(result)
+                    results = []
                 results += await self._timed(stream.finish())
                 results.append(EndOfTranscript())
             else:
@@ -509,6 +567,13 @@ class Session:
                 await self._out_send.send(result)
             if isinstance(item, EndOfAudio):
                 return
+
+    @staticmethod
+    async def _throttle(seconds: float) -> None:
+        """--max-samples-per-second: wait while the session's audio decodes faster than that; meanwhile the
+        audio queue fills, the reader stops reading, and TCP slows the client down."""
+        if seconds > 0:
+            await trio.sleep(seconds)
 
     def _arrived(self, frames: int) -> float:
         """When the last of the next `frames` queued audio frames arrived (and forget them)."""
@@ -545,8 +610,10 @@ class Session:
                         self._last_speech = trio.current_time()
                     if isinstance(item, Trigger):
                         frames = self._fault_frames(item)
+                    elif isinstance(item, Reply):
+                        frames = item.frames
                     else:
-                        frames = item.frames if isinstance(item, Reply) else self.dialect.render(item)
+                        frames = await self._render(item)
                     if isinstance(item, SessionStarted):
                         self._started()  # the dialect has moved on (RecognitionStarted, ...): read on
                     if self.faults:
@@ -581,6 +648,27 @@ class Session:
             # the reader on a start it would have sent: reading on, the reader sees how the connection ended.
             self._greeted.set()
             self._started()
+
+    async def _render(self, item) -> list:
+        """The dialect's frames for a result. Those the dialect calls costly (`costly(item)`: V-Blaze's ZIP and
+        scrubbed audio, a second per 32 MiB) are rendered in a worker thread, so that the other sessions of the
+        process go on meanwhile; until it is done the reader does not call the dialect (see _dialect_free)."""
+        costly = getattr(self.dialect, "costly", None)
+        if costly is None or not costly(item):
+            return self.dialect.render(item)
+        self._rendering = trio.Event()
+        try:
+            return await trio.to_thread.run_sync(self.dialect.render, item)
+        finally:
+            self._rendering.set()
+            self._rendering = None
+
+    async def _dialect_free(self) -> None:
+        """Wait until no costly render (_render) is using the dialect in a worker thread: a dialect is no more
+        thread-safe than any sans-IO object. Without one under way, this does not even checkpoint, so the call to
+        the dialect that follows cannot overlap one started meanwhile."""
+        while self._rendering is not None:
+            await self._rendering.wait()
 
     # --- injected faults (stt.faults) -----------------------------------------------------------------------
 

@@ -7,12 +7,15 @@
     open_decoder(AudioFormat("file"), 16000)    # WAV, MP3, AAC, FLAC, Ogg, AMR, WebM, AIFF, MP4: from the bytes
     open_decoder(AudioFormat("pcm_s16le", 16000, sniff=True), 16000)   # raw, unless a container header leads
 
+What decoding may cost (channels, samples per message and per second, whole-file bytes): stt.audio.limits.
 Raw codecs: stt.audio.pcm. WAV: stt.audio.wav. Compressed containers: stt.audio.container (PyAV/FFmpeg).
 """
 
 from stt.audio.decoder import ENCODINGS, AudioDecoder, RawReader, open_decoder
-from stt.audio.errors import BadAudio, UnsupportedAudio
+from stt.audio.errors import AudioLimitExceeded, BadAudio, FileBuffersFull, UnsupportedAudio
+from stt.audio.limits import DecodeRate, FileBuffers
 from stt.audio.pcm import RAW_ENCODINGS, raw_encoding
 
-__all__ = ["ENCODINGS", "RAW_ENCODINGS", "AudioDecoder", "BadAudio", "RawReader", "UnsupportedAudio",
+__all__ = ["ENCODINGS", "RAW_ENCODINGS", "AudioDecoder", "AudioLimitExceeded", "BadAudio", "DecodeRate",
+           "FileBuffers", "FileBuffersFull", "RawReader", "UnsupportedAudio",
            "open_decoder", "raw_encoding"]

@@ -9,7 +9,13 @@ returns every sample its bytes completed, as a synchronous decoder would, and th
 of or behind the caller. `close` ends the thread: its next read returns end-of-file.
 
 MP4/M4A/MOV keep their index (`moov`) where the writer chose, usually at the end, and the demuxer must seek
-to it, so those files are collected whole and decoded on `finish` (up to `max_file_bytes`).
+to it, so those files are collected whole (up to `max_file_bytes`, and, with `file_buffers`, within the bytes
+all sessions' whole files may hold together: FileBuffersFull past it) and decoded by `finish`, in pieces.
+
+Each call decodes at most `max_samples` samples (all channels, at the stream's rate; 0: no limit): past it the
+thread stops with AudioLimitExceeded, so one small message of a compressed bomb (a FLAC of an hour of silence)
+never becomes more than that in memory. A file decoded whole comes out of `finish` a piece of at most that many
+samples a call, for as long as `more` says.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from __future__ import annotations
 import io
 import logging
 import threading
+from collections.abc import Iterator
 
 import av
 import numpy as np
 
-from stt.audio.errors import BadAudio
+from stt.audio.errors import AudioLimitExceeded, BadAudio
+from stt.audio.limits import FileBuffers
 from stt.audio.pcm import SAMPLE_RATE_RANGE
 
 log = logging.getLogger("stt.audio")
@@ -78,7 +86,8 @@ class _Feed:
 class ContainerReader:
     """feed(bytes) -> float32 frames (n, channels), decoded by FFmpeg as the bytes stream in."""
 
-    def __init__(self, container: str, *, max_file_bytes: int = 64 << 20) -> None:
+    def __init__(self, container: str, *, max_file_bytes: int = 64 << 20, max_samples: int = 0,
+                 file_buffers: FileBuffers | None = None) -> None:
         if container not in _DEMUXER:
             raise ValueError(f"unknown container {container!r}")
         self.container = container
@@ -86,7 +95,14 @@ class ContainerReader:
         self.channels: int | None = None
         self.max_file_bytes = max_file_bytes
         self.samples_out = 0
+        self.max_samples = max_samples
+        self._emitted = 0  # samples the current call has decoded (max_samples)
+        self.samples_decoded = 0  # samples FFmpeg decoded in all (all channels), handed out or not
+        self._file_buffers = file_buffers
+        self._taken = 0  # bytes of file_buffers this reader holds
         self._whole = bytearray() if container in WHOLE_FILE else None
+        self._open_whole = None  # the file decoded whole, open in FFmpeg while finish() hands it out in pieces
+        self._pieces: Iterator[np.ndarray] | None = None
         self._feed: _Feed | None = None
         self._thread: threading.Thread | None = None
 
@@ -97,6 +113,9 @@ class ContainerReader:
             if len(self._whole) + len(data) > self.max_file_bytes:
                 raise BadAudio(f"{self.container} files are decoded whole, and this one is over "
                                f"{self.max_file_bytes} bytes")
+            if self._file_buffers is not None:
+                self._file_buffers.take(len(data))
+                self._taken += len(data)
             self._whole += data
             return self._empty()
         if self._thread is None:
@@ -104,20 +123,22 @@ class ContainerReader:
         return self._hand_over(data, last=False)
 
     def finish(self) -> np.ndarray:
-        if self._whole is not None:
+        """The rest of the audio. For a file decoded whole, a piece of it: while `more`, call it again."""
+        if self._whole is not None or self._pieces is not None:
             out = self._decode_whole()
         elif self._thread is None:
             out = self._empty()
         else:
             out = self._hand_over(b"", last=True)
             self._thread.join()
-        if self.samples_out == 0:
+        if self.samples_out == 0 and not self.more:
             raise BadAudio(f"no audio could be decoded from the {self.container} stream")
         return out
 
     def close(self) -> None:
         """Stop the thread (if any); safe to call at any time, more than once."""
         self._whole = None
+        self._end_whole()
         feed = self._feed
         if feed is not None:
             with feed.cond:
@@ -139,6 +160,7 @@ class ContainerReader:
         feed = self._feed
         with feed.cond:
             if feed.error is None and not feed.done:
+                self._emitted = 0  # the thread is blocked in read (or not yet started): a new call's count
                 feed.pending += data
                 feed.eof = feed.eof or last
                 feed.starved = False
@@ -148,6 +170,9 @@ class ContainerReader:
             output, feed.output = feed.output, []
             error = feed.error
         if error is not None:
+            output = None  # not kept alive by the traceback: the memory is free when the caller closes us
+            if isinstance(error, AudioLimitExceeded):
+                raise error
             raise BadAudio(f"the {self.container} audio could not be decoded: {error}") from error
         return self._collect(output)
 
@@ -170,10 +195,20 @@ class ContainerReader:
                 feed.done = True
                 feed.cond.notify_all()
 
-    def _decode_all(self, container, feed: _Feed | None) -> list[np.ndarray] | None:
+    def _decode_all(self, container, feed: _Feed) -> None:
+        for samples in self._frames(container):
+            self._emitted += samples.size
+            self.samples_decoded += samples.size
+            if self.max_samples and self._emitted > self.max_samples:
+                raise AudioLimitExceeded(f"one message of {self.container} audio decodes into more than "
+                                         f"{self.max_samples} samples (--max-message-samples)")
+            with feed.cond:
+                feed.output.append(samples)
+
+    def _frames(self, container) -> Iterator[np.ndarray]:
+        """The container's audio, frame by frame, as float32 (n, channels)."""
         if not container.streams.audio:
             raise BadAudio("the file has no audio stream")
-        collected = []
         stream, bad_packets = container.streams.audio[0], 0
         for packet in container.demux(stream):
             try:
@@ -186,10 +221,9 @@ class ContainerReader:
                 continue
             bad_packets = 0
             for frame in frames:
-                self._emit(frame, feed, collected)
-        return collected
+                yield self._checked(frame)
 
-    def _emit(self, frame: av.AudioFrame, feed: _Feed | None, collected: list) -> None:
+    def _checked(self, frame: av.AudioFrame) -> np.ndarray:
         samples = frame_samples(frame)
         if self.sample_rate is None:
             if not SAMPLE_RATE_RANGE[0] <= frame.sample_rate <= SAMPLE_RATE_RANGE[1]:
@@ -199,22 +233,55 @@ class ContainerReader:
         elif (frame.sample_rate, samples.shape[1]) != (self.sample_rate, self.channels):
             raise BadAudio(f"the stream changes from {self.channels} channels at {self.sample_rate} Hz to "
                            f"{samples.shape[1]} at {frame.sample_rate} Hz, which is not supported")
-        if feed is None:
-            collected.append(samples)
-        else:
-            with feed.cond:
-                feed.output.append(samples)
+        return samples
+
+    # --- a file decoded whole, in pieces ------------------------------------------------------------------
+
+    @property
+    def more(self) -> bool:
+        """finish() returned a piece of a file decoded whole, and more of it is to come: call finish again."""
+        return self._pieces is not None
 
     def _decode_whole(self) -> np.ndarray:
-        data, self._whole = bytes(self._whole), None
+        """The next piece of the file: at most max_samples samples, so that a long file (or a bomb) is never
+        all in memory at once."""
+        collected, self._emitted = [], 0
         try:
-            with av.open(io.BytesIO(data), "r", format=_DEMUXER[self.container]) as container:
-                output = self._decode_all(container, None)
+            if self._pieces is None:
+                data, self._whole = io.BytesIO(self._whole), None  # a copy; the buffer goes (still counted)
+                self._open_whole = av.open(data, "r", format=_DEMUXER[self.container])
+                del data
+                self._pieces = self._frames(self._open_whole)
+            for samples in self._pieces:
+                collected.append(samples)
+                self._emitted += samples.size
+                self.samples_decoded += samples.size
+                if self.max_samples and self._emitted >= self.max_samples:
+                    break
+            else:
+                self._end_whole()
         except BadAudio:
+            collected.clear()
+            self._end_whole()
             raise
         except Exception as exc:
+            collected.clear()
+            self._end_whole()
             raise BadAudio(f"the {self.container} audio could not be decoded: {exc}") from exc
-        return self._collect(output)
+        return self._collect(collected)
+
+    def _end_whole(self) -> None:
+        pieces, container, self._pieces, self._open_whole = self._pieces, self._open_whole, None, None
+        if pieces is not None:
+            pieces.close()
+        if container is not None:
+            container.close()
+        self._give_back()
+
+    def _give_back(self) -> None:
+        if self._taken:
+            self._file_buffers.give_back(self._taken)
+            self._taken = 0
 
     def _collect(self, output: list[np.ndarray]) -> np.ndarray:
         if not output:

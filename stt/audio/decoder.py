@@ -13,7 +13,8 @@ import numpy as np
 import soxr
 
 from stt.audio.container import ContainerReader
-from stt.audio.errors import BadAudio, UnsupportedAudio
+from stt.audio.errors import AudioLimitExceeded, BadAudio, UnsupportedAudio
+from stt.audio.limits import TRIM_AFTER_SAMPLES, FileBuffers, release_memory
 from stt.audio.pcm import RAW_ENCODINGS, RawEncoding
 from stt.audio.sniff import CONTAINERS, SNIFF_BYTES, sniff
 from stt.audio.wav import WavReader
@@ -85,10 +86,16 @@ class AudioDecoder:
     `decode` and `finish` return mono samples (1-D), or with split_channels one row per channel (2-D).
     Audio that does not decode raises BadAudio, with a message for the client. Use it as a context manager
     (or call close), since a compressed container runs its decoder in a thread.
+
+    Limits (stt.audio.limits; 0: none): audio of more than `max_channels` channels, and a call whose bytes
+    decode into more than `max_message_samples` samples (all channels, at the audio's own rate), raise
+    AudioLimitExceeded, a BadAudio; a file decoded whole takes its bytes from `file_buffers` (FileBuffersFull).
+    `decoded` counts the samples decoded so far, in the same unit.
     """
 
     def __init__(self, fmt: AudioFormat, target_rate: int, *, split_channels: bool = False,
-                 max_file_bytes: int = 64 << 20) -> None:
+                 max_file_bytes: int = 64 << 20, max_channels: int = 0, max_message_samples: int = 0,
+                 file_buffers: FileBuffers | None = None) -> None:
         if fmt.encoding != "file":
             if fmt.encoding not in RAW_ENCODINGS:
                 raise UnsupportedAudio(f"unsupported encoding {fmt.encoding!r}")
@@ -98,6 +105,12 @@ class AudioDecoder:
         self.target_rate = target_rate
         self.split_channels = split_channels
         self.max_file_bytes = max_file_bytes
+        self.max_channels = max_channels
+        self.max_message_samples = max_message_samples
+        self.file_buffers = file_buffers
+        self.decoded = 0  # samples decoded (all channels, at the source's rate)
+        if max_channels and fmt.encoding != "file" and fmt.channels > max_channels:
+            raise AudioLimitExceeded(self._too_many_channels(fmt.channels))
         self.container: str | None = None  # what the stream turned out to be, once known ("raw" for headerless)
         self._head = b""  # bytes held until the container can be recognised
         self._reader = None
@@ -128,13 +141,15 @@ class AudioDecoder:
                            f"send one of: {', '.join(c for c in CONTAINERS if c != 'id3')}")
         self.container = container
         self._reader = WavReader() if container == "wav" else ContainerReader(
-            container, max_file_bytes=self.max_file_bytes)
+            container, max_file_bytes=self.max_file_bytes, max_samples=self.max_message_samples,
+            file_buffers=self.file_buffers)
         return True
 
     # --- decoding -----------------------------------------------------------------------------------------
 
     def decode(self, data: bytes) -> np.ndarray:
         if self._passthrough and not self._reader._carry and len(data) % 2 == 0:
+            self.decoded += len(data) // 2
             return np.frombuffer(data, "<i2").astype(np.int16)  # s16le mono at the engine's rate: as it is
         if self._reader is None:
             self._head += data
@@ -143,9 +158,15 @@ class AudioDecoder:
             data, self._head = self._head, b""
         return self._convert(self._reader.feed(data))
 
+    @property
+    def more(self) -> bool:
+        """finish() returned a piece of a file decoded whole (MP4: at most max_message_samples at a time), and
+        more is to come: call finish() again until this is False."""
+        return getattr(self._reader, "more", False)
+
     def finish(self) -> np.ndarray:
-        """The rest: what the reader and the resampler still hold. Raises BadAudio for a file that ends
-        before any audio in it could be decoded."""
+        """The rest: what the reader and the resampler still hold (while `more`, a piece of it). Raises BadAudio
+        for a file that ends before any audio in it could be decoded."""
         parts = []
         if self._reader is None:
             if not self._head and self.format.encoding == "file":
@@ -153,13 +174,16 @@ class AudioDecoder:
             self._choose(self._head, final=True)
             head, self._head = self._head, b""
             parts.append(self._convert(self._reader.feed(head)))
-        parts.append(self._convert(self._reader.finish(), last=True))
+        frames = self._reader.finish()
+        parts.append(self._convert(frames, last=not self.more))
         parts = [p for p in parts if p.shape[-1]]
         return np.concatenate(parts, axis=-1) if parts else self._empty()
 
     def close(self) -> None:
         if self._reader is not None:
             self._reader.close()
+        if getattr(self._reader, "samples_decoded", 0) > TRIM_AFTER_SAMPLES:
+            release_memory()  # FFmpeg's frames, freed in its thread's malloc arena (stt.audio.limits)
 
     def __enter__(self) -> AudioDecoder:
         return self
@@ -167,7 +191,18 @@ class AudioDecoder:
     def __exit__(self, *exc) -> None:
         self.close()
 
+    def _too_many_channels(self, channels: int) -> str:
+        return f"the audio has {channels} channels; at most {self.max_channels} are served (--max-channels)"
+
     def _convert(self, frames: np.ndarray, last: bool = False) -> np.ndarray:
+        channels = self._reader.channels
+        if self.max_channels and channels is not None and channels > self.max_channels:
+            raise AudioLimitExceeded(self._too_many_channels(channels))
+        self.decoded += frames.size
+        if (self.max_message_samples and frames.size > self.max_message_samples
+                and not isinstance(self._reader, ContainerReader)):  # raw or WAV (FFmpeg's thread checks its own)
+            raise AudioLimitExceeded(f"one message decodes into {frames.size} samples, more than "
+                                     f"{self.max_message_samples} (--max-message-samples)")
         if not len(frames) and not (last and self._output is not None):
             return self._empty()
         if self._output is None:

@@ -114,6 +114,9 @@ class Dialect(Protocol):
     def render_violation(self, violation: Violation) -> list[str | bytes]:
         """The vendor's error or warning frame for a broken rule (empty if the vendor sends none)."""
 
+    # Optional: costly(item) -> bool, True for the results whose render is CPU-heavy (V-Blaze's ZIP and scrubbed
+    # audio); the session renders those in a worker thread and calls the dialect for nothing else meanwhile.
+
 
 def render_shutting_down(dialect: Dialect, event: ShuttingDown) -> list[str | bytes]:
     """The frames announcing that the server is going away: the dialect's own where its vendor documents one

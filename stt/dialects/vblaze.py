@@ -296,6 +296,17 @@ class VBlazeDialect:
             return self.render_violation(item)
         raise TypeError(f"vblaze cannot render {item!r}")
 
+    @property
+    def kept_bytes(self) -> int:
+        """Bytes of the client's audio kept whole for the end (scrubaudio), which the session counts against the
+        server's budget for whole files (--max-file-buffer-bytes)."""
+        return len(self._kept)
+
+    def costly(self, item: Any) -> bool:
+        """Whether rendering `item` takes long enough (a ZIP, scrubbed audio: about a second per 32 MiB) that the
+        session runs it in a worker thread, off the event loop."""
+        return isinstance(item, EndOfTranscript) and (self.outzip or self.scrubaudio)
+
     def render_violation(self, violation: Violation) -> list[str]:
         return []  # V-Blaze has no error message on the socket: the close code and reason say it
 
@@ -304,7 +315,7 @@ class VBlazeDialect:
     def _scrubbed_frames(self) -> list[str | bytes]:
         """scrubaudio: the audio with every redacted word silenced, as a WAV. Streaming: a binary frame of it,
         then (unless notext) the empty frame and the transcript; otherwise one ZIP with both."""
-        audio = scrubbed_wav(bytes(self._kept), self.audio, self._redacted)
+        audio = scrubbed_wav(self._kept, self.audio, self._redacted)
         text = None if self.notext else self._transcript_text()
         if self.outstream:
             return [audio] + ([] if text is None else ["", text])
@@ -407,14 +418,18 @@ class VBlazeDialect:
         return buf.getvalue()
 
 
-def scrubbed_wav(data: bytes, fmt: AudioFormat, spans: list[tuple[int, float, float]]) -> bytes:
+def scrubbed_wav(data: bytes | bytearray, fmt: AudioFormat, spans: list[tuple[int, float, float]]) -> bytes:
     """The audio the client sent, as 16-bit PCM WAV at its own rate and channels, with each (channel, start,
     end) span silenced."""
     reader = WavReader() if fmt.encoding == "file" else RawReader(RAW_ENCODINGS[fmt.encoding], fmt.sample_rate,
                                                                    fmt.channels)
-    frames = np.concatenate([reader.feed(data), reader.finish()])
+    # A MiB at a time, each piece made 16-bit at once: the float samples of 64 MiB of audio are never all held.
+    pieces = [_int16(reader.feed(bytes(data[i:i + _PIECE]))) for i in range(0, len(data), _PIECE)]
+    pieces.append(_int16(reader.finish()))
+    pieces = [p for p in pieces if len(p)]  # before the header was complete, a piece has no channels yet
+    samples = np.concatenate(pieces) if pieces else np.zeros((0, reader.channels or 1), "<i2")
+    del pieces
     rate = reader.sample_rate
-    samples = np.clip(np.rint(frames * 32768.0), -32768, 32767).astype("<i2")
     for channel, start, end in spans:
         if channel < samples.shape[1]:
             samples[int(start * rate): int(np.ceil(end * rate)), channel] = 0
@@ -423,6 +438,13 @@ def scrubbed_wav(data: bytes, fmt: AudioFormat, spans: list[tuple[int, float, fl
         out.setnchannels(samples.shape[1]), out.setsampwidth(2), out.setframerate(rate)
         out.writeframes(samples.tobytes())
     return buf.getvalue()
+
+
+_PIECE = 1 << 20
+
+
+def _int16(frames: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(frames * 32768.0), -32768, 32767).astype("<i2")
 
 
 def tags_of(handshake: Handshake) -> dict[str, str]:
