@@ -277,7 +277,9 @@ class Session:
         assert ending is not None
         rule = ending.rule
         code = self.ws.closed.code if self.ws.closed else None
-        if code is None and rule is DROP:
+        if code is None and (rule is DROP or ending.name == "dropped"):
+            # An injected drop, or a client that read nothing for the send timeout (counted as gone, 1006: a Close
+            # 1000 now would tell it that all went well, and a frame cut off by the timeout may be half sent).
             # trio-websocket has no public way to drop a connection: close its stream, without a close frame.
             await trio.aclose_forcefully(self.ws._stream)
         elif code is None and ending.name not in ("dropped", "client_closed"):

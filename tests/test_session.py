@@ -142,6 +142,37 @@ async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(aut
         assert trio.current_time() - start <= 3 * 10  # the send timeout, then a bounded close
 
 
+class StallingOnceSendStream(StallingSendStream):
+    """A peer that stops reading for a while, then reads again (a client starved of CPU): after `limit` bytes,
+    one send blocks until it is cancelled; the sends after it go through."""
+
+    async def send_all(self, data):
+        if self.limit is not None and self.sent + len(data) > self.limit:
+            self.limit = None
+            await trio.sleep_forever()
+        self.sent += len(data)
+        await self.inner.send_all(data)
+
+
+async def test_a_client_dropped_for_not_reading_is_not_told_the_session_closed_normally(autojump_clock):
+    """The server counts such a session as dropped (1006): the client must see the connection drop too, not a
+    Close 1000 that says all went well (found by bench/bench_abuse.py: three FLAC bombs starved a good client)."""
+    to_client_send, to_client_recv = trio.testing.memory_stream_one_way_pair()
+    to_server_send, to_server_recv = trio.testing.memory_stream_one_way_pair()
+    server_stream = trio.StapledStream(StallingOnceSendStream(to_client_send, limit=2000), to_server_recv)
+    client_stream = trio.StapledStream(to_server_send, to_client_recv)
+    async with session_pair(limits=SessionLimits(send_timeout=10), streams=(client_stream, server_stream)) as (
+            server, ws):
+        await ws.send_message(start_message())
+        for _ in range(200):
+            await ws.send_message(silence(0.02))
+        while server.sessions or not server.endings:
+            await trio.sleep(1)
+        assert server.endings[("speechmatics", "dropped", "LC-END-002")] == 1
+        messages, code = await receive_all(ws)
+        assert code == 1006 and "Error" not in kinds(messages)
+
+
 async def test_unauthorised_in_memory_too():
     async with session_pair(api_keys=("secret",)) as (server, ws):
         messages, code = await receive_all(ws)
