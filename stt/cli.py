@@ -167,8 +167,11 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
         "Session limits (per process: with --workers N, each worker has its own) and the admin HTTP port. A "
         "client over a limit gets its dialect's own refusal: Speechmatics Error quota_exceeded and 4005, "
         "YourVoic CONCURRENT_LIMIT, V-Blaze HTTP 503, ... (docs/statecharts/).")
-    group.add_argument("--max-sessions", type=int, default=0, metavar="N",
-                       help="sessions at once, all clients together; 0: no limit (default: 0)")
+    group.add_argument("--max-sessions", type=session_count, default="auto", metavar="N",
+                       help="sessions at once, all clients together; auto: as many as the engine serves within its "
+                            "latency targets (sphinx: 0.39 cores a stream, 80 %% of the decoders' cores: 4 on 2 "
+                            "cores; whisper: its own figure; scripted: no limit), logged at start-up; 0: no limit "
+                            "(default: auto)")
     group.add_argument("--max-sessions-per-key", type=int, default=0, metavar="N",
                        help="sessions at once with one API key (clients presenting no key are not limited by "
                             "it); 0: no limit (default: 0)")
@@ -180,6 +183,19 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
                             "unauthenticated; 0 picks a free one (default: none)")
     group.add_argument("--admin-host", default="127.0.0.1", metavar="HOST",
                        help="address of the admin port (default: 127.0.0.1)")
+
+
+def session_count(text: str) -> int | str:
+    """--max-sessions: "auto" or a whole number."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto nor a whole number") from None
+
+
+session_count.takes_integers = True  # stt.config: a TOML number is read as its text
 
 
 def _add_conformance_options(serve: argparse.ArgumentParser) -> None:

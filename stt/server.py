@@ -60,13 +60,24 @@ class ServerConfig:
     keyfile: str | None = None
     shutdown_grace: float = 30.0  # seconds sessions may go on after a SIGTERM or SIGINT before they are ended
     reuse_port: bool = False  # SO_REUSEPORT: several processes listen on the port (serve_workers sets it)
-    max_sessions: int = 0  # sessions at once, all clients together; 0: no limit
+    max_sessions: int | str = "auto"  # sessions at once, all clients together; 0: no limit; AUTO: the engine's capacity
     max_sessions_per_key: int = 0  # sessions at once with one API key (those presenting none: not limited); 0: none
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None  # /healthz, /readyz, /metrics (stt.admin); None: no admin port; 0: a free one
     conformance_dir: Path | None = None  # record sessions' logbooks and client-conformance reports here
     conformance_opt_in: bool = False  # ... only those of connections that ask (x-stt-conformance, stt_conformance)
     faults: str = ""  # the fault plan of every connection that gives none of its own (stt.faults)
+
+
+AUTO = "auto"  # max_sessions: as many as the engine serves (its capacity)
+
+
+def session_limit(max_sessions: int | str, capacity: int | None) -> int:
+    """The limit on sessions at once that `max_sessions` puts in force on an engine of `capacity` (base.Engine):
+    AUTO is the capacity (no limit where it is unknown), a number itself; 0: no limit."""
+    if max_sessions == AUTO:
+        return capacity or 0
+    return int(max_sessions)
 
 
 class KeyRing:
@@ -138,6 +149,8 @@ class Server:
         self.admitted_by_key: collections.Counter[bytes] = collections.Counter()
         self.metrics = Metrics(lambda: ((s.dialect.name, s.lifecycle.state) for s in self.sessions))
         self.admin_port: int | None = None  # the admin port, when open_server opened one
+        #: The limit on sessions at once in force (0: none): config.max_sessions, or for AUTO the engine's capacity.
+        self.max_sessions = session_limit(config.max_sessions, getattr(engine, "capacity", None))
 
     async def handle(self, request: WebSocketRequest) -> None:
         """One connection, from handshake to close. Nothing that happens here may stop the server."""
@@ -276,9 +289,10 @@ class Server:
 
     def _refusal(self, key: bytes | None) -> tuple[str, str] | None:
         """(reason, detail) when a new session with this key digest would be over a limit, else None."""
-        limit, per_key = self.config.max_sessions, self.config.max_sessions_per_key
+        limit, per_key = self.max_sessions, self.config.max_sessions_per_key
         if limit and self.admitted >= limit:
-            return "max_sessions", f"the server's limit of {limit} concurrent sessions is reached"
+            what = " (what the engine serves)" if self.config.max_sessions == AUTO else ""
+            return "max_sessions", f"the server's limit of {limit} concurrent sessions{what} is reached"
         if per_key and key is not None and self.admitted_by_key[key] >= per_key:
             return "max_sessions_per_key", f"the limit of {per_key} concurrent sessions for this API key is reached"
         return None
@@ -310,7 +324,7 @@ class Server:
             return "shutting down"
         if self.port is None:
             return "not listening yet"
-        limit = self.config.max_sessions
+        limit = self.max_sessions
         if limit and self.admitted >= limit:
             return f"at the session limit ({self.admitted} of {limit})"
         return None
@@ -345,8 +359,22 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
             server.port = _port(listeners[0])
             url = f"{'wss' if ssl_context else 'ws'}://{config.host}:{server.port}"
             log.info("stt listening on %s (engine %s)", url, engine.name, extra={"url": url, "engine": engine.name})
+            _log_session_limit(server)
             yield server
             nursery.cancel_scope.cancel()
+
+
+def _log_session_limit(server: Server) -> None:
+    """Say at start-up how many sessions the server admits at once, and where the number comes from."""
+    limit, asked = server.max_sessions, server.config.max_sessions
+    capacity = getattr(server.engine, "capacity", None)
+    if asked == AUTO:
+        source = (f"auto: the capacity of the {server.engine.name} engine" if capacity
+                  else f"auto: the {server.engine.name} engine's capacity is not known")
+    else:
+        source = "--max-sessions"
+    log.info("session limit: %s (%s)", limit or "none", source,
+             extra={"max_sessions": limit, "capacity": capacity, "engine": server.engine.name})
 
 
 #: Seconds a client has to send its HTTP upgrade request, and a closing connection to finish its close handshake
