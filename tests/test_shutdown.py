@@ -402,3 +402,44 @@ async def test_a_forced_shutdown_sends_the_utterance_in_progress_as_a_final_befo
     assert finals[-1]["metadata"]["end_time"] >= audio_sent - 1.5, (finals[-1]["metadata"], audio_sent)
     closed = [line for line in log.json() if line.get("close_code") is not None]
     assert [(c["ending"], c["close_code"]) for c in closed] == [("shutdown", 1001)]
+
+
+class _StuckAtTheEnd:
+    """An engine whose streams hear the script but never finish: a recognizer wedged at shutdown."""
+
+    name, sample_rate, capacity = "stuck", 16000, None
+
+    @asynccontextmanager
+    async def open_stream(self, settings):
+        recognizer = ScriptedRecognizer(settings)
+
+        class Stream:
+            async def feed(self, samples):
+                return recognizer.feed(samples)
+
+            async def flush(self):
+                return recognizer.flush()
+
+            async def finish(self):
+                await trio.sleep_forever()
+
+            async def configure(self, **changes):
+                recognizer.configure(**changes)
+
+        yield Stream()
+
+
+async def test_a_recognizer_that_does_not_finish_delays_the_1001_by_the_flush_timeout_at_most(autojump_clock):
+    from stt.session import SHUTDOWN_FLUSH_TIMEOUT
+
+    server = Server(ServerConfig(), _StuckAtTheEnd())
+    async with trio.open_nursery() as nursery:
+        ws = await started_speechmatics(lambda path: connect_in_memory(server, nursery, path))
+        await wait_until(lambda: len(server.sessions) == 1)
+        began = trio.current_time()
+        nursery.start_soon(shut_down, server, 5.0)
+        messages, code = await receive_all(ws)
+        took = trio.current_time() - began
+        nursery.cancel_scope.cancel()
+    assert code == 1001 and set(kinds(messages)) == {"AudioAdded"}
+    assert took == pytest.approx(5 + SHUTDOWN_FLUSH_TIMEOUT, abs=0.1)
