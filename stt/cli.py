@@ -154,11 +154,14 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
                                  "(default: auto)")
     operations.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
                             help="on SIGTERM or SIGINT, stop accepting and let running sessions finish for up to "
-                                 "this long, then close them with 1001; a second signal stops at once "
+                                 "this long, then close them with 1001, each after the final of its utterance in "
+                                 "progress (2 s at most for the recognizer); a second signal stops at once "
                                  "(default: 30)")
     operations.add_argument("--workers", type=int, default=1, metavar="N",
                             help="run N server processes on the port (SO_REUSEPORT), each with its own engine and, "
-                                 "unless --decode-workers, cores/N decoders (default: 1)")
+                                 "unless --decode-workers, cores/N decoders; a worker that dies is restarted (after "
+                                 "0.5 s, doubling to 8 s) while the others serve, and at 5 deaths within 60 s the "
+                                 "parent gives up and exits 1 (default: 1)")
 
 
 def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
