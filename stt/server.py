@@ -659,6 +659,8 @@ async def _supervise(config: ServerConfig, count: int, log_level: str, log_forma
             while True:
                 await trio.lowlevel.wait_readable(process.sentinel)
                 process.join()
+                with trio.move_on_after(0.2):  # a signal to the whole service may reach the parent a moment later
+                    await stopped.wait()
                 if stopping:
                     failed = failed or process.exitcode != 0
                     return

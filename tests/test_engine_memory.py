@@ -114,6 +114,7 @@ async def test_sixteen_one_frame_sessions_one_after_another_leave_the_workers_me
                 assert await one_frame_session(port, frame) == "served"
             await all_closed(log, 18)
             after = await settled_rss(workers)
+    print(f"workers' RSS (MiB) after 2 sessions: {baseline}; after 16 more: {after}")
     for pid in workers:  # the same decoder, taken and given back 16 times: nothing builds up
         assert after[pid] - baseline[pid] < DECODER_MIB / 2, (baseline, after, str(log))
 
@@ -141,6 +142,7 @@ async def test_a_crowd_of_sessions_holds_no_more_decoders_than_admitted_and_give
                 hold.set()
             await all_closed(log, 18)
             after = await settled_rss(workers)
+    print(f"workers' RSS (MiB) idle: {idle}; with the crowd: {crowded}; after it: {after}")
     assert sorted(outcomes) == ["busy"] * 12 + ["served"] * 4
     held = sum(crowded.values()) - sum(idle.values())
     assert held < 4 * DECODER_MIB * 1.3, (idle, crowded, after)  # 4 streams: at most 4 decoders more
@@ -170,6 +172,7 @@ async def test_with_no_session_limit_a_crowd_still_gives_its_decoders_back_when_
                 hold.set()
             await all_closed(log, 14)
             after = await settled_rss(workers)
+    print(f"workers' RSS (MiB) idle: {idle}; with 12 sessions: {crowded}; after them: {after}")
     assert outcomes == ["served"] * 12
     assert sum(crowded.values()) - sum(idle.values()) > 8 * DECODER_MIB  # 12 streams had 10 more decoders
     for pid in workers:  # 6 decoders each while the crowd lasted; one kept after it
