@@ -525,11 +525,11 @@ class Session:
     async def _flush_for_shutdown(self, stream, decoder, pending) -> None:
         """The server is going away: decode the audio already queued (at most max_batch_bytes of it: this must be
         quick), then finish the stream, whose results (the utterance in progress as a final) go to the writer."""
+        queued = [pending] if pending is not None else []
+        while (item := self._next_queued()) is not None:
+            queued.append(item)
         chunks, size = [], 0
-        while True:
-            item, pending = (pending, None) if pending is not None else (self._next_queued(), None)
-            if item is None:
-                break
+        for item in queued:
             if isinstance(item, Audio) and size < self.limits.max_batch_bytes:
                 chunks.append(item.data)
                 size += len(item.data)
