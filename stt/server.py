@@ -684,7 +684,13 @@ async def _supervise(config: ServerConfig, count: int, log_level: str, log_forma
                     await stopped.wait()
                 if stopping:
                     return
-                process = start(index)
+                try:
+                    process = start(index)
+                except OSError as exc:  # no process could be made (out of memory, of pids): nothing to retry on
+                    log.error("worker %d could not be restarted: %s; stopping the others", index, exc)
+                    failed = True
+                    stop_all(DRAIN)
+                    return
                 log.info("worker %d restarted (pid %d)", index, process.pid, extra={"worker": index})
 
         async with trio.open_nursery() as nursery:
