@@ -443,3 +443,18 @@ async def test_a_recognizer_that_does_not_finish_delays_the_1001_by_the_flush_ti
         nursery.cancel_scope.cancel()
     assert code == 1001 and set(kinds(messages)) == {"AudioAdded"}
     assert took == pytest.approx(5 + SHUTDOWN_FLUSH_TIMEOUT, abs=0.1)
+
+
+async def test_a_voicerun_client_gets_its_utterance_in_progress_completed_before_the_1001(autojump_clock):
+    from tests.test_voicerun_server import append, receive, start
+
+    async with in_memory_server() as (server, connect):
+        ws = await connect("/ws")
+        await start(ws)
+        await ws.send_message(append(silence(1.0)))  # the script: "one two" so far, no final yet
+        await wait_until(lambda: any(s.audio_samples for s in server.sessions))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shut_down, server, 0.0)
+            messages, code, reason = await receive(ws)
+    completed = [m["text"] for m in messages if m["type"] == "transcription.completed"]
+    assert completed == ["one two"] and (code, reason) == (1001, "server shutting down")
