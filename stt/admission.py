@@ -26,9 +26,11 @@ def key_digest(credential: str) -> bytes:
 
 
 class Admission:
-    def __init__(self, allows: Callable[[str | None], bool], max_sessions: int = 0, max_sessions_per_key: int = 0):
+    def __init__(self, allows: Callable[[str | None], bool], max_sessions: int = 0, max_sessions_per_key: int = 0,
+                 *, limit_source: str = ""):
         self.allows = allows  # credential -> whether it is a valid key (KeyRing.allows)
         self.max_sessions, self.max_sessions_per_key = max_sessions, max_sessions_per_key
+        self.limit_source = limit_source  # where max_sessions comes from, for the refusal's text ("" : the operator)
         self.admitted = 0  # sessions holding a slot, all clients together
         self.by_key: collections.Counter[bytes] = collections.Counter()  # ... and by key digest
 
@@ -39,7 +41,8 @@ class Admission:
     def refusal(self, key: bytes | None) -> Refusal | None:
         """Why a new session with this key digest would be over a limit, else None."""
         if self.max_sessions and self.admitted >= self.max_sessions:
-            return "max_sessions", f"the server's limit of {self.max_sessions} concurrent sessions is reached"
+            source = f" ({self.limit_source})" if self.limit_source else ""
+            return "max_sessions", f"the server's limit of {self.max_sessions} concurrent sessions{source} is reached"
         return self._over_per_key(key)
 
     def _over_per_key(self, key: bytes | None) -> Refusal | None:

@@ -161,11 +161,14 @@ def _add_operations_options(serve: argparse.ArgumentParser) -> None:
                                  "(default: auto)")
     operations.add_argument("--shutdown-grace", type=float, default=30.0, metavar="SECONDS",
                             help="on SIGTERM or SIGINT, stop accepting and let running sessions finish for up to "
-                                 "this long, then close them with 1001; a second signal stops at once "
+                                 "this long, then close them with 1001, each after the final of its utterance in "
+                                 "progress (2 s at most for the recognizer); a second signal stops at once "
                                  "(default: 30)")
     operations.add_argument("--workers", type=int, default=1, metavar="N",
                             help="run N server processes on the port (SO_REUSEPORT), each with its own engine and, "
-                                 "unless --decode-workers, cores/N decoders (default: 1)")
+                                 "unless --decode-workers, cores/N decoders; a worker that dies is restarted (after "
+                                 "0.5 s, doubling to 8 s) while the others serve, and at 5 deaths within 60 s the "
+                                 "parent gives up and exits 1 (default: 1)")
 
 
 def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
@@ -174,8 +177,11 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
         "Session limits (per process: with --workers N, each worker has its own) and the admin HTTP port. A "
         "client over a limit gets its dialect's own refusal: Speechmatics Error quota_exceeded and 4005, "
         "YourVoic CONCURRENT_LIMIT, V-Blaze HTTP 503, ... (docs/statecharts/).")
-    group.add_argument("--max-sessions", type=int, default=0, metavar="N",
-                       help="sessions at once, all clients together; 0: no limit (default: 0)")
+    group.add_argument("--max-sessions", type=session_count, default="auto", metavar="N",
+                       help="sessions at once, all clients together; auto: as many as the engine serves within its "
+                            "latency targets (sphinx: 0.39 cores a stream, 80 %% of the decoders' cores: 4 on 2 "
+                            "cores; whisper: its own figure; scripted: no limit), logged at start-up; 0: no limit "
+                            "(default: auto)")
     group.add_argument("--max-sessions-per-key", type=int, default=0, metavar="N",
                        help="sessions at once with one API key, however the key comes (header, query, path token, "
                             "or a Scriptix start message, counted when it arrives); clients presenting no key are "
@@ -241,6 +247,19 @@ def _add_audio_limits_options(serve: argparse.ArgumentParser) -> None:
     group.add_argument("--max-file-buffer-bytes", type=int, default=MAX_FILE_BUFFER_BYTES, metavar="BYTES",
                        help="bytes of such files all sessions of the process may hold at once; a session whose file "
                             f"would take it past them ends busy (default: {MAX_FILE_BUFFER_BYTES})")
+
+
+def session_count(text: str) -> int | str:
+    """--max-sessions: "auto" or a whole number."""
+    if text.strip().lower() == "auto":
+        return "auto"
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not auto nor a whole number") from None
+
+
+session_count.takes_integers = True  # stt.config: a TOML number is read as its text
 
 
 def _add_conformance_options(serve: argparse.ArgumentParser) -> None:

@@ -93,6 +93,8 @@ class Option:
             if isinstance(value, bool) or not isinstance(value, (int, float)):
                 raise ConfigError(f"{where}: must be a number, not {_describe(value)}")
             return self._check_choice(float(value), where)
+        if getattr(self.type, "takes_integers", False) and isinstance(value, int) and not isinstance(value, bool):
+            return self._check_choice(self._convert(str(value), where), where)  # a number or a word (--max-sessions)
         if not isinstance(value, str):
             raise ConfigError(f"{where}: must be a string, not {_describe(value)}")
         converted = self._convert(value, where)
@@ -288,7 +290,8 @@ def _check_ranges(settings: argparse.Namespace) -> None:
         ("--idle-timeout", settings.idle_timeout, settings.idle_timeout > 0, "must be more than 0"),
         ("--max-message-bytes", settings.max_message_bytes, settings.max_message_bytes > 0, "must be more than 0"),
         ("--shutdown-grace", settings.shutdown_grace, settings.shutdown_grace >= 0, "must be 0 or more"),
-        ("--max-sessions", settings.max_sessions, settings.max_sessions >= 0, "must be 0 (no limit) or more"),
+        ("--max-sessions", settings.max_sessions, settings.max_sessions == "auto" or settings.max_sessions >= 0,
+         "must be 0 (no limit) or more, or auto"),
         ("--max-sessions-per-key", settings.max_sessions_per_key, settings.max_sessions_per_key >= 0,
          "must be 0 (no limit) or more"),
         ("--max-session-seconds", settings.max_session_seconds, settings.max_session_seconds >= 0,

@@ -74,7 +74,7 @@ class ServerConfig:
     keyfile: str | None = None
     shutdown_grace: float = 30.0  # seconds sessions may go on after a SIGTERM or SIGINT before they are ended
     reuse_port: bool = False  # SO_REUSEPORT: several processes listen on the port (serve_workers sets it)
-    max_sessions: int = 0  # sessions at once, all clients together; 0: no limit
+    max_sessions: int | str = "auto"  # sessions at once, all clients together; 0: no limit; AUTO: the engine's capacity
     max_sessions_per_key: int = 0  # sessions at once with one API key (those presenting none: not limited); 0: none
     admin_host: str = "127.0.0.1"
     admin_port: int | None = None  # /healthz, /readyz, /metrics (stt.admin); None: no admin port; 0: a free one
@@ -156,6 +156,17 @@ class PendingHandshakes:
             done()
 
 
+AUTO = "auto"  # max_sessions: as many as the engine serves (its capacity)
+
+
+def session_limit(max_sessions: int | str, capacity: int | None) -> int:
+    """The limit on sessions at once that `max_sessions` puts in force on an engine of `capacity` (base.Engine):
+    AUTO is the capacity (no limit where it is unknown), a number itself; 0: no limit."""
+    if max_sessions == AUTO:
+        return capacity or 0
+    return int(max_sessions)
+
+
 class KeyRing:
     """API keys, held as SHA-256 digests and compared in constant time. Empty: every client is let in."""
 
@@ -226,12 +237,15 @@ class Server:
         self.connections = ConnectionCount()  # handshakes and sessions under way
         self.closing_at: float | None = None  # shutting down: the Unix time at which sessions will be ended
         self._accepting: trio.CancelScope | None = None  # the listeners' accept loop (open_server)
-        #: Who may have a session and how many at once (the key check, max_sessions, max_sessions_per_key).
-        self.admission = Admission(self.keys.allows, config.max_sessions, config.max_sessions_per_key)
         self.metrics = Metrics(lambda: ((s.dialect.name, s.lifecycle.state) for s in self.sessions))
         self.admin_port: int | None = None  # the admin port, when open_server opened one
         self.handshakes = PendingHandshakes(config.handshakes)  # connections not upgraded yet (_serve_stream)
         self.file_buffers = FileBuffers(config.max_file_buffer_bytes)  # shared by the sessions' decoders
+        #: The limit on sessions at once in force (0: none): config.max_sessions, or for AUTO the engine's capacity.
+        self.max_sessions = session_limit(config.max_sessions, getattr(engine, "capacity", None))
+        #: Who may have a session and how many at once (the key check, max_sessions, max_sessions_per_key).
+        self.admission = Admission(self.keys.allows, self.max_sessions, config.max_sessions_per_key,
+                                   limit_source="what the engine serves" if config.max_sessions == AUTO else "")
 
     async def handle(self, request: WebSocketRequest) -> None:
         """One connection, from handshake to close. Nothing that happens here may stop the server, and a failure
@@ -452,7 +466,7 @@ class Server:
             return "shutting down"
         if self.port is None:
             return "not listening yet"
-        limit = self.config.max_sessions
+        limit = self.max_sessions
         if limit and self.admitted >= limit:
             return f"at the session limit ({self.admitted} of {limit})"
         return None
@@ -489,8 +503,22 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
             server.port = _port(listeners[0])
             url = f"{'wss' if ssl_context else 'ws'}://{config.host}:{server.port}"
             log.info("stt listening on %s (engine %s)", url, engine.name, extra={"url": url, "engine": engine.name})
+            _log_session_limit(server)
             yield server
             nursery.cancel_scope.cancel()
+
+
+def _log_session_limit(server: Server) -> None:
+    """Say at start-up how many sessions the server admits at once, and where the number comes from."""
+    limit, asked = server.max_sessions, server.config.max_sessions
+    capacity = getattr(server.engine, "capacity", None)
+    if asked == AUTO:
+        source = (f"auto: the capacity of the {server.engine.name} engine" if capacity
+                  else f"auto: the {server.engine.name} engine's capacity is not known")
+    else:
+        source = "--max-sessions"
+    log.info("session limit: %s (%s)", limit or "none", source,
+             extra={"max_sessions": limit, "capacity": capacity, "engine": server.engine.name})
 
 
 #: Seconds a closing connection has to finish its close handshake (trio-websocket's default). The time a client
@@ -903,7 +931,9 @@ def serve_workers(config: ServerConfig, workers: int, *, log_level: str = "info"
     """Run `workers` server processes on config.port (SO_REUSEPORT: the kernel spreads connections among them),
     each with its own engine of config.decode_workers decoders (default: the cores shared out), and supervise
     them: SIGTERM or SIGINT tells them all to drain, a second one to stop at once. A worker that exits by itself
-    stops the others. Returns 0 when every worker exited cleanly, else 1."""
+    (killed, crashed) is restarted, after a back-off, while the others go on serving the port; when workers die
+    MAX_RESTARTS times within RESTART_WINDOW seconds the supervisor gives up and stops them all. Returns 0 when
+    every worker exited cleanly at the end, else 1 (also when it gave up)."""
     return trio.run(_supervise, worker_config(config, workers), workers, log_level, log_format)
 
 
@@ -914,55 +944,101 @@ def worker_config(config: ServerConfig, workers: int) -> ServerConfig:
     return attrs.evolve(config, decode_workers=decoders, reuse_port=True)
 
 
+#: A worker that dies is restarted after a back-off that doubles with each death in the last RESTART_WINDOW
+#: seconds (RESTART_BACKOFF, at most RESTART_BACKOFF_MAX); at MAX_RESTARTS deaths within the window the supervisor
+#: gives up and stops the service: the workers are dying in a loop (a bad engine, no memory), not by accident.
+RESTART_BACKOFF = 0.5
+RESTART_BACKOFF_MAX = 8.0
+RESTART_WINDOW = 60.0
+MAX_RESTARTS = 5
+
+
 async def _supervise(config: ServerConfig, count: int, log_level: str, log_format: str) -> int:
     context = multiprocessing.get_context("spawn")  # trio runs threads; forking a threaded process is unsafe
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, _shared_port(config.host, config.port) as port:
         config = attrs.evolve(config, port=port)
-        workers = []  # (process, the writing end of its orders)
-        for index in range(1, count + 1):
+        workers: dict[int, tuple] = {}  # index -> (process, the writing end of its orders)
+
+        def start(index: int):
             reading, writing = context.Pipe(duplex=False)
             process = context.Process(target=_worker_main, name=f"stt-worker-{index}",
                                       args=(config, index, count, reading, log_level, log_format))
             process.start()
             reading.close()
-            workers.append((process, writing))
-        log.info("stt: %d workers on port %d (pids %s)", count, port, ", ".join(str(p.pid) for p, _ in workers),
-                 extra={"workers": [p.pid for p, _ in workers], "port": port})
-        stopping = failed = False
+            workers[index] = (process, writing)
+            return process
 
-        def order_all(order: str) -> None:
-            for _, writing in workers:
+        for index in range(1, count + 1):
+            start(index)
+        log.info("stt: %d workers on port %d (pids %s)", count, port,
+                 ", ".join(str(p.pid) for p, _ in workers.values()),
+                 extra={"workers": [p.pid for p, _ in workers.values()], "port": port})
+        stopping = failed = False
+        stopped = trio.Event()  # set with `stopping`: a restart waiting out its back-off gives up
+        deaths: collections.deque[float] = collections.deque()  # when workers died unasked, within RESTART_WINDOW
+
+        def stop_all(order: str) -> None:
+            nonlocal stopping
+            stopping = True
+            stopped.set()
+            for _, writing in workers.values():
                 try:
                     writing.send_bytes(order.encode())
                 except OSError:  # that worker is gone
                     pass
 
         async def relay_signals() -> None:
-            nonlocal stopping
             async for signum in signals:
                 order = NOW if stopping else DRAIN
                 log.info("%s: telling the workers: %s", signal.Signals(signum).name, order)
-                stopping = True
-                order_all(order)
+                stop_all(order)
 
-        async def watch(process) -> None:
-            nonlocal stopping, failed
-            await trio.lowlevel.wait_readable(process.sentinel)
-            process.join()
-            failed = failed or process.exitcode != 0
-            if not stopping:  # killed, crashed, or signalled by someone else: the service stops as a whole
-                log.log(logging.ERROR if process.exitcode else logging.INFO,
-                        "worker pid %d exited (%s): stopping the others", process.pid, process.exitcode)
-                stopping = True
-                order_all(DRAIN)
+        async def watch(index: int, process) -> None:
+            nonlocal failed
+            while True:
+                await trio.lowlevel.wait_readable(process.sentinel)
+                process.join()
+                with trio.move_on_after(0.2):  # a signal to the whole service may reach the parent a moment later
+                    await stopped.wait()
+                if stopping:
+                    failed = failed or process.exitcode != 0
+                    return
+                # Killed, crashed, or signalled by someone else: the others go on serving the port; restart it.
+                now = trio.current_time()
+                deaths.append(now)
+                while deaths and deaths[0] < now - RESTART_WINDOW:
+                    deaths.popleft()
+                if len(deaths) >= MAX_RESTARTS:
+                    log.error("worker %d (pid %d) exited (%s): %d workers have died within %g s; giving up, "
+                              "stopping the others", index, process.pid, process.exitcode, len(deaths),
+                              RESTART_WINDOW, extra={"worker": index, "exit_code": process.exitcode})
+                    failed = True
+                    stop_all(DRAIN)
+                    return
+                delay = min(RESTART_BACKOFF * 2 ** (len(deaths) - 1), RESTART_BACKOFF_MAX)
+                log.error("worker %d (pid %d) exited (%s): restarting it in %g s", index, process.pid,
+                          process.exitcode, delay, extra={"worker": index, "exit_code": process.exitcode})
+                workers[index][1].close()
+                with trio.move_on_after(delay):
+                    await stopped.wait()
+                if stopping:
+                    return
+                try:
+                    process = start(index)
+                except OSError as exc:  # no process could be made (out of memory, of pids): nothing to retry on
+                    log.error("worker %d could not be restarted: %s; stopping the others", index, exc)
+                    failed = True
+                    stop_all(DRAIN)
+                    return
+                log.info("worker %d restarted (pid %d)", index, process.pid, extra={"worker": index})
 
         async with trio.open_nursery() as nursery:
             nursery.start_soon(relay_signals)
             async with trio.open_nursery() as watching:
-                for process, _ in workers:
-                    watching.start_soon(watch, process)
+                for index, (process, _) in list(workers.items()):
+                    watching.start_soon(watch, index, process)
             nursery.cancel_scope.cancel()
-        for _, writing in workers:
+        for _, writing in workers.values():
             writing.close()
         log.info("stt: every worker has exited%s", " (some failed)" if failed else "")
         return 1 if failed else 0

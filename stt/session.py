@@ -74,6 +74,12 @@ log = logging.getLogger("stt.session")
 #: Codes that mean the peer is gone: nothing more can be sent.
 _GONE = {1005, 1006}
 
+#: A forced shutdown (the grace ran out) first finishes each session's recognizer, so that the utterance in progress
+#: goes out as a final before the 1001; this long at most, so that shutdown still ends (stt.server.shut_down).
+SHUTDOWN_FLUSH_TIMEOUT = 2.0
+_WAKE = object()  # put in the audio queue: the decoder looks at the shutdown flush's flag
+_FLUSHED = object()  # put in the result queue after the flush's results: the writer has sent them
+
 
 @attrs.frozen
 class SessionLimits:
@@ -202,6 +208,10 @@ class Session:
         self._early: str | bytes | None = None  # ... and the frame that came, handled once the session started
         self._greeted = trio.Event()  # the greeting (if any) has gone out
         self._nursery: trio.Nursery | None = None
+        self._reading: trio.CancelScope | None = None  # the reader's, which a shutdown flush cancels
+        self._decoding = False  # the engine stream is open and takes audio: there may be an utterance to flush
+        self._flushing = False  # shut_down asked the decoder to finish the stream now (_flush_for_shutdown)
+        self._flushed = trio.Event()  # ... and the writer has sent what that gave
         self._audio_send, self._audio_recv = trio.open_memory_channel(self.limits.audio_queue)
         self._out_send, self._out_recv = trio.open_memory_channel(self.limits.result_queue)
 
@@ -243,7 +253,7 @@ class Session:
         """The tasks an ending cancels: reader, decoder, and the timers the dialect asks for."""
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
-            nursery.start_soon(self._reader)
+            nursery.start_soon(self._read_until_flush)
             nursery.start_soon(self._decoder)
             if self.dialect.status_interval:
                 nursery.start_soon(self._status, self.dialect.status_interval)
@@ -346,8 +356,31 @@ class Session:
                 pass
 
     def shut_down(self) -> None:
-        """The server's grace ran out: end the session as going away (the lifecycle's "shutdown", 1001)."""
-        self._end("shutdown", "the server is shutting down")
+        """The server's grace ran out: end the session as going away (the lifecycle's "shutdown", 1001). A session
+        whose recognizer is taking audio first stops reading, finishes the stream (the audio already queued, then
+        the utterance in progress) and sends its final, as its dialect renders it, within SHUTDOWN_FLUSH_TIMEOUT;
+        a second call ends it at once."""
+        if self.ending is not None or self._nursery is None or not self._decoding or self._flushing:
+            self._end("shutdown", "the server is shutting down")
+            return
+        self._flushing = True
+        if self._reading is not None:
+            self._reading.cancel()  # what the client sends from now on is not decoded
+        try:
+            self._audio_send.send_nowait(_WAKE)  # a decoder waiting for audio; a busy one looks when it is done
+        except (trio.WouldBlock, trio.ClosedResourceError, trio.BrokenResourceError):
+            pass
+        self._nursery.start_soon(self._end_after_flush)
+
+    async def _end_after_flush(self) -> None:
+        with trio.move_on_after(SHUTDOWN_FLUSH_TIMEOUT):
+            await self._flushed.wait()
+        self._end("shutdown", "the server is shutting down" + ("" if self._flushed.is_set() else
+                                                                 " (the recognizer's last results did not come in time)"))
+
+    async def _read_until_flush(self) -> None:
+        with trio.CancelScope() as self._reading:
+            await self._reader()
 
     # --- reader -------------------------------------------------------------------------------------------
 
@@ -500,7 +533,13 @@ class Session:
                     self.lifecycle.advance("ready")
                     started = SessionStarted(self.id, config, getattr(self.engine, "name", ""))
                     await self._out_send.send(started)  # the writer then sets _ready
-                    await self._decode(stream, decoder)
+                    self._decoding = True
+                    try:
+                        await self._decode(stream, decoder)
+                    finally:
+                        self._decoding = False
+                    if self._flushing:  # asked during the decoder's last call: what it gave is queued
+                        await self._out_send.send(_FLUSHED)
         except BadAudio as exc:
             self._end("bad_audio", str(exc))
         except FileBuffersFull as exc:  # the audio is not at fault: the server is, for now (the client may retry)
@@ -515,8 +554,13 @@ class Session:
         rate = DecodeRate(limits.max_samples_per_second, max(limits.max_message_samples, limits.max_samples_per_second),
                           trio.current_time())
         while True:
+            if self._flushing:
+                await self._flush_for_shutdown(stream, decoder, pending)
+                return
             item = pending if pending is not None else await self._audio_recv.receive()
             pending = None
+            if item is _WAKE:
+                continue
             if isinstance(item, Audio):
                 # Take every audio frame already queued, so a busy engine gets fewer, larger calls.
                 chunks, size = [item.data], len(item.data)
@@ -577,6 +621,35 @@ class Session:
         if seconds > 0:
             await trio.sleep(seconds)
 
+    async def _flush_for_shutdown(self, stream, decoder, pending) -> None:
+        """The server is going away: decode the audio already queued (at most max_batch_bytes of it: this must be
+        quick), then finish the stream, whose results (the utterance in progress as a final) go to the writer."""
+        queued = [pending] if pending is not None else []
+        while (item := self._next_queued()) is not None:
+            queued.append(item)
+        chunks, size = [], 0
+        for item in queued:
+            if isinstance(item, Audio) and size < self.limits.max_batch_bytes:
+                chunks.append(item.data)
+                size += len(item.data)
+        samples = await self._run_decoder(decoder.decode, b"".join(chunks)) if chunks else None
+        results = []
+        if samples is not None and samples.size:
+            self.audio_samples += samples.shape[-1]
+            results += await self._timed(stream.feed(samples))
+        tail = await self._run_decoder(decoder.finish)
+        if tail.size:
+            results += await self._timed(stream.feed(tail))
+        results += await self._timed(stream.finish())
+        for result in results:
+            await self._out_send.send(result)
+
+    def _next_queued(self):
+        try:
+            return self._audio_recv.receive_nowait()
+        except (trio.WouldBlock, trio.EndOfChannel):
+            return None
+
     def _arrived(self, frames: int) -> float:
         """When the last of the next `frames` queued audio frames arrived (and forget them)."""
         for _ in range(min(frames, len(self._arrivals))):
@@ -607,6 +680,9 @@ class Session:
                 async for item in self._out_recv:
                     if self.ending is not None:
                         return  # what is still queued is dropped: the session is over
+                    if item is _FLUSHED:
+                        self._flushed.set()  # shut_down's flush has gone out: the session may end now
+                        continue
                     if isinstance(item, (SpeechStarted, SpeechStopped)) or (isinstance(item, (Partial, Final))
                                                                              and item.words):
                         self._last_speech = trio.current_time()

@@ -365,7 +365,7 @@ def test_the_limits_reach_the_server_config_from_flags_and_environment(monkeypat
     assert _server_config(["serve"])[0].max_sessions == 7
     monkeypatch.delenv("STT_MAX_SESSIONS")
     defaults, _ = _server_config(["serve"])
-    assert (defaults.max_sessions, defaults.max_sessions_per_key, defaults.limits.max_session_seconds) == (0, 0, 0)
+    assert (defaults.max_sessions, defaults.max_sessions_per_key, defaults.limits.max_session_seconds) == ("auto", 0, 0)
 
 
 @pytest.mark.parametrize("flag", ["--max-sessions", "--max-sessions-per-key", "--max-session-seconds"])
@@ -421,3 +421,83 @@ async def test_a_start_message_key_over_its_limit_gives_its_count_back():
                     assert (await read_until_closed(refused))[0] == [{"error": "too many sessions, try again later"}]
             assert list(server.admitted_by_key.values()) == [1]
         await wait_until(lambda: not server.admitted_by_key and server.admitted == 0)
+# --- --max-sessions auto: the engine's capacity ----------------------------------------------------------------
+
+
+def test_auto_is_the_engines_capacity_a_number_is_itself_and_0_or_an_unknown_capacity_no_limit():
+    from stt.server import session_limit
+
+    assert [session_limit("auto", 4), session_limit("auto", None), session_limit(7, 4), session_limit(0, 4)] == \
+        [4, 0, 7, 0]
+
+
+def test_the_sphinx_engine_serves_0_39_cores_a_stream_at_80_percent_of_its_decoders_cores():
+    from stt.engines.base import streams_for_cores
+    from stt.engines.process_host import ProcessEngine
+
+    assert [streams_for_cores(cores, 0.39) for cores in (1, 2, 4, 16)] == [2, 4, 8, 32]  # docs/engines.md: 4 on 2
+    engine = ProcessEngine("stt.engines.sphinx:SphinxRecognizer", name="sphinx", sample_rate=16000, workers=1,
+                           cores_per_stream=0.39)
+    assert engine.capacity == 2  # nothing started: the workers start in open_process_engine
+    assert ProcessEngine("x:y", name="x", sample_rate=16000, workers=1).capacity is None
+
+
+async def test_by_default_the_limit_is_the_engines_capacity_and_an_engine_without_one_has_none():
+    async with running_server(engine_options={"capacity": 1}) as server:
+        assert server.max_sessions == 1
+        async with connect(server) as first:
+            await started(first)
+            assert not server.ready and server.readiness() == "at the session limit (1 of 1)"
+            async with connect(server) as second:
+                messages, code, _ = await read_until_closed(second)
+        assert messages[0]["type"] == "quota_exceeded" and "limit of 1 concurrent sessions (what the engine " \
+            "serves)" in messages[0]["reason"] and code == 4005
+    async with running_server() as server, connect(server) as a, connect(server) as b, connect(server) as c:
+        assert server.max_sessions == 0  # the scripted engine's capacity is not known
+        for ws in (a, b, c):
+            await started(ws)
+    async with running_server(engine_options={"capacity": 1}, max_sessions=0) as server, \
+            connect(server) as a, connect(server) as b:
+        for ws in (a, b):  # 0: no limit, whatever the engine says
+            await started(ws)
+
+
+async def test_stt_serve_with_sphinx_admits_its_capacity_says_so_at_start_up_and_refuses_the_next_busy():
+    import urllib.error
+    import urllib.request
+
+    from tests.test_shutdown import listening_port, serve_process
+
+    def readyz(port: int) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    # One decoder process (a core): 2 streams of 0.39 cores within 80 % of it; the default --max-sessions is auto.
+    async with serve_process("--engine", "sphinx", "--decode-workers", "1", "--admin-port", "0") as (process, log):
+        with trio.fail_after(60):
+            port = await listening_port(log)
+            admin = int((await log.wait_for(r"admin port on http://127\.0\.0\.1:(\d+)"))[1])
+            limit = await log.wait_for_json(lambda line: line["message"].startswith("session limit"))
+            assert limit["message"] == "session limit: 2 (auto: the capacity of the sphinx engine)"
+            assert limit["max_sessions"] == 2
+            url = f"ws://127.0.0.1:{port}/v2"
+            async with open_websocket_url(url) as a, open_websocket_url(url) as b:
+                await started(a)
+                await started(b)
+                assert await trio.to_thread.run_sync(readyz, admin) == (503, "not ready: at the session limit "
+                                                                              "(2 of 2)\n")
+                async with open_websocket_url(url) as c:
+                    messages, code, reason = await read_until_closed(c)
+                async with open_websocket_url(f"ws://127.0.0.1:{port}/ws") as voicerun:
+                    refused, voicerun_code, _ = await read_until_closed(voicerun)
+            assert messages == [{"message": "Error", "type": "quota_exceeded",
+                                 "reason": "too many concurrent sessions: the server's limit of 2 concurrent sessions "
+                                           "(what the engine serves) is reached"}]
+            assert (code, reason) == (4005, "quota_exceeded")
+            assert refused[0]["error"]["code"] == "too_many_sessions" and voicerun_code == 1013
+            with trio.fail_after(10):
+                while (await trio.to_thread.run_sync(readyz, admin))[0] != 200:  # the slots come back
+                    await trio.sleep(0.1)

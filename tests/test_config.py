@@ -219,3 +219,18 @@ async def receive_all_raw(ws) -> tuple[list, int]:
             frames.append(await ws.get_message())
     except ConnectionClosed as exc:
         return frames, exc.reason.code
+
+
+def test_max_sessions_is_auto_or_a_number_from_flag_environment_and_file(tmp_path):
+    assert settings().max_sessions == "auto"
+    assert settings("--max-sessions", "3").max_sessions == 3
+    assert settings(env={"STT_MAX_SESSIONS": "auto"}).max_sessions == "auto"
+    assert settings(env={"STT_MAX_SESSIONS": "0"}).max_sessions == 0
+    assert settings("--config", str(write(tmp_path, "max_sessions = 12\n"))).max_sessions == 12
+    assert settings("--config", str(write(tmp_path, 'max_sessions = "auto"\n'))).max_sessions == "auto"
+    with pytest.raises(ConfigError, match="STT_MAX_SESSIONS: 'lots' is not a valid --max-sessions value"):
+        settings(env={"STT_MAX_SESSIONS": "lots"})
+    with pytest.raises(ConfigError, match="max_sessions: must be a string, not a boolean"):
+        settings("--config", str(write(tmp_path, "max_sessions = true\n")))
+    with pytest.raises(ConfigError, match="--max-sessions must be 0 \\(no limit\\) or more, or auto"):
+        server_config(settings("--max-sessions", "-2"))

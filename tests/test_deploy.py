@@ -167,7 +167,8 @@ def problems(docs: list[dict]) -> list[str]:
         cores = _cores(cpu)
         if config.decode_workers != max(1, int(cores)):
             found.append(f"--decode-workers {config.decode_workers} for a CPU request of {cpu}")
-        if config.engine in ("whisper", "sphinx") and not 0 < config.max_sessions <= 2 * cores:
+        if config.engine in ("whisper", "sphinx") and config.max_sessions != "auto" \
+                and not 0 < config.max_sessions <= 2 * cores:  # auto: the engine's capacity, from its decoders
             found.append(f"--max-sessions {config.max_sessions} for {config.engine} on {cpu} cores (at most 2 a core)")
     return found
 
@@ -229,7 +230,7 @@ MISTAKES = {
         env=[{"name": "STT_API_KEYS", "value": "k1,k2"}]),
     "the node's cores as decoders": lambda d: _set_flag(d, "--decode-workers", None),
     "more sessions than the cores take": lambda d: _set_flag(d, "--max-sessions", "100"),
-    "no session limit": lambda d: _set_flag(d, "--max-sessions", None),
+    "no session limit": lambda d: _set_flag(d, "--max-sessions", "0"),
 }
 
 

@@ -93,7 +93,9 @@ async def test_within_the_grace_a_session_finishes_normally_and_one_that_does_no
         took = trio.current_time() - began
     assert [m["metadata"]["transcript"] for m in finished if m["message"] == "AddTranscript"] == ["one two"]
     assert finishing.closed.code == 1000
-    assert code == 1001 and set(kinds(lingered)) <= {"AudioAdded"}  # Speechmatics has no message for it
+    assert code == 1001 and set(kinds(lingered)) <= {"AudioAdded", "AddTranscript"}  # no message for the shutdown
+    # ... but the utterance in progress (1 s of audio: "one two") comes as a final before the close.
+    assert [m["metadata"]["transcript"] for m in lingered if m["message"] == "AddTranscript"] == ["one two"]
     assert lingering.closed.reason == "server shutting down"
     assert cut_at == pytest.approx(30, abs=0.5) and took == pytest.approx(30, abs=0.5)
     assert server.endings[("speechmatics", "normal", "LC-END-001")] == 1
@@ -136,7 +138,7 @@ async def test_scriptix_clients_are_told_when_the_server_will_close_and_may_fini
     finals = [json.loads(frame)["text"] for frame in frames if '"result"' in frame]
     assert finals == ["one two three four"] and frames[-1] == '{"state":"stopped"}'
     assert code == 1000
-    assert other_code == 1001 and set(kinds(others)) <= {"AudioAdded"}  # no shutting_down for Speechmatics
+    assert other_code == 1001 and set(kinds(others)) <= {"AudioAdded", "AddTranscript"}  # no shutting_down
 
 
 async def test_a_handshake_that_completes_after_the_listener_closed_is_turned_away_with_503():
@@ -192,14 +194,23 @@ async def test_a_second_signal_or_the_order_now_cuts_the_grace_short(autojump_cl
         send, stop_requests = trio.open_memory_channel(10)
         for request in requests:
             send.send_nowait(request)
-        began = trio.current_time()
-        await _serve_until_stopped(server, stop_requests, 30.0)
-        if at_once:  # open_server's end cancels what is left
-            assert trio.current_time() - began < 1 and len(server.sessions) == 1
-        else:
-            assert trio.current_time() - began == pytest.approx(30, abs=0.5)
-            _, code = await receive_all(ws)
+        received = []
+        async with trio.open_nursery() as nursery:  # the client reads all along (the final of the flush too)
+            nursery.start_soon(lambda: _collect(received, receive_all(ws)))
+            began = trio.current_time()
+            await _serve_until_stopped(server, stop_requests, 30.0)
+            if at_once:  # open_server's end cancels what is left
+                assert trio.current_time() - began < 1 and len(server.sessions) == 1
+                nursery.cancel_scope.cancel()
+            else:
+                assert trio.current_time() - began == pytest.approx(30, abs=0.5)
+        if not at_once:
+            _, code = received[0]
             assert code == 1001
+
+
+async def _collect(into: list, call) -> None:
+    into.append(await call)
 
 
 async def until_refused(port: int) -> None:
@@ -343,3 +354,107 @@ async def test_a_second_signal_stops_at_once():
     assert code == 0 and trio.current_time() - began < 5  # not the 30 s of grace
     stops = [line for line in log.json() if "stopping at once" in line["message"]]
     assert [line["level"] for line in stops] == ["WARNING"]
+
+
+async def test_a_forced_shutdown_sends_the_utterance_in_progress_as_a_final_before_the_1001():
+    """A real engine on real speech, streamed at real time; SIGTERM mid-sentence, --shutdown-grace 1: the words
+    spoken since the last final (here: the sentence so far; it has no pause) come as a final before the close."""
+    import wave
+
+    from tests.helpers import DATA, frames_of
+
+    with wave.open(str(DATA / "ps_librivox_0870.wav")) as recording:  # 7.1 s, one sentence without a pause
+        audio = recording.readframes(recording.getnframes())
+    chunk = 3200  # 100 ms
+    async with serve_process("--engine", "sphinx", "--decode-workers", "1", "--shutdown-grace", "1") as (process, log):
+        with trio.fail_after(30):
+            port = await listening_port(log)
+            messages, sent = [], []
+            async with open_websocket_url(f"ws://127.0.0.1:{port}/v2") as ws:
+                await ws.send_message(start_message())
+                await receive_all(ws, until="RecognitionStarted")
+
+                async def stream():
+                    for frame in frames_of(audio, chunk):
+                        if len(sent) == 25:  # 2.5 s into the sentence
+                            process.send_signal(signal.SIGTERM)
+                        try:
+                            await ws.send_message(frame)
+                        except ConnectionClosed:
+                            return
+                        sent.append(trio.current_time())
+                        await trio.sleep(0.1)
+
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(stream)
+                    received, code = await receive_all(ws)
+                    closed_at = trio.current_time()
+                    nursery.cancel_scope.cancel()
+                messages += received
+            assert await process.wait() == 0, str(log)
+    finals = [m for m in messages if m["message"] == "AddTranscript"]
+    assert code == 1001 and ws.closed.reason == "server shutting down"
+    audio_sent = len([t for t in sent if t < closed_at]) * chunk / 2 / 16000
+    assert 3.0 <= audio_sent <= 5.0  # the grace (1 s) after 2.5 s, and the flush: the sentence is not over
+    assert finals, f"no final before the 1001: {[m['message'] for m in messages]}\n{log}"
+    words = [r["alternatives"][0]["content"] for f in finals for r in f["results"] if r["type"] == "word"]
+    assert len(words) >= 5, words  # about 2 words a second of this sentence
+    assert finals[-1]["metadata"]["end_time"] >= audio_sent - 1.5, (finals[-1]["metadata"], audio_sent)
+    closed = [line for line in log.json() if line.get("close_code") is not None]
+    assert [(c["ending"], c["close_code"]) for c in closed] == [("shutdown", 1001)]
+
+
+class _StuckAtTheEnd:
+    """An engine whose streams hear the script but never finish: a recognizer wedged at shutdown."""
+
+    name, sample_rate, capacity = "stuck", 16000, None
+
+    @asynccontextmanager
+    async def open_stream(self, settings):
+        recognizer = ScriptedRecognizer(settings)
+
+        class Stream:
+            async def feed(self, samples):
+                return recognizer.feed(samples)
+
+            async def flush(self):
+                return recognizer.flush()
+
+            async def finish(self):
+                await trio.sleep_forever()
+
+            async def configure(self, **changes):
+                recognizer.configure(**changes)
+
+        yield Stream()
+
+
+async def test_a_recognizer_that_does_not_finish_delays_the_1001_by_the_flush_timeout_at_most(autojump_clock):
+    from stt.session import SHUTDOWN_FLUSH_TIMEOUT
+
+    server = Server(ServerConfig(), _StuckAtTheEnd())
+    async with trio.open_nursery() as nursery:
+        ws = await started_speechmatics(lambda path: connect_in_memory(server, nursery, path))
+        await wait_until(lambda: len(server.sessions) == 1)
+        began = trio.current_time()
+        nursery.start_soon(shut_down, server, 5.0)
+        messages, code = await receive_all(ws)
+        took = trio.current_time() - began
+        nursery.cancel_scope.cancel()
+    assert code == 1001 and set(kinds(messages)) == {"AudioAdded"}
+    assert took == pytest.approx(5 + SHUTDOWN_FLUSH_TIMEOUT, abs=0.1)
+
+
+async def test_a_voicerun_client_gets_its_utterance_in_progress_completed_before_the_1001(autojump_clock):
+    from tests.test_voicerun_server import append, receive, start
+
+    async with in_memory_server() as (server, connect):
+        ws = await connect("/ws")
+        await start(ws)
+        await ws.send_message(append(silence(1.0)))  # the script: "one two" so far, no final yet
+        await wait_until(lambda: any(s.audio_samples for s in server.sessions))
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(shut_down, server, 0.0)
+            messages, code, reason = await receive(ws)
+    completed = [m["text"] for m in messages if m["type"] == "transcription.completed"]
+    assert completed == ["one two"] and (code, reason) == (1001, "server shutting down")

@@ -1,5 +1,6 @@
 """`stt serve --workers N`: N processes on one port (SO_REUSEPORT), each answering clients, supervised by the
-parent, which passes SIGTERM on and exits when they have."""
+parent, which passes SIGTERM on and exits when they have, and restarts a worker that dies (giving up when they
+die in a loop)."""
 
 import json
 import os
@@ -78,19 +79,64 @@ async def test_ctrl_c_to_the_whole_process_group_drains_the_workers_once():
     assert code == 0 and not [line for line in log.json() if "stopping at once" in line["message"]]
 
 
-async def test_a_worker_that_dies_stops_the_others_and_the_parent_exits_1():
+async def served_by(log, port: int) -> int:
+    """The pid of the worker that serves one session (with its finals checked)."""
+    session_id, finals = await transcribe(port)
+    assert finals == ["one two three four"]
+    return (await log.wait_for_json(lambda line: line.get("session") == session_id))["pid"]
+
+
+async def test_a_killed_worker_is_restarted_while_the_others_go_on_serving_the_port():
     async with serve_process("--workers", "2") as (process, log):
-        with trio.fail_after(20):
-            _, pids = await started_workers(log)
+        with trio.fail_after(30):
+            port, pids = await started_workers(log)
             victim, survivor = sorted(pids)
             os.kill(victim, signal.SIGKILL)
+            killed_at = trio.current_time()
+            await log.wait_for(f"pid {victim}\\) exited")  # the supervisor saw it die: its socket is closed
+            with trio.fail_after(5):
+                assert await served_by(log, port) == survivor  # the port is served at once, by the other
+            served_after = trio.current_time() - killed_at
+            restarted = await log.wait_for(r"worker (\d) restarted \(pid (\d+)\)")
+            newcomer = int(restarted[2])
+            await log.wait_for_json(lambda line: line["pid"] == newcomer and "listening on" in line["message"])
+            answered = set()
+            for count in range(40):  # the kernel spreads connections by a hash: both workers answer in time
+                answered.add(await served_by(log, port))
+                if answered == {survivor, newcomer}:
+                    break
+            process.send_signal(signal.SIGTERM)
+            code = await process.wait()
+    assert served_after < 3
+    assert newcomer not in pids and answered == {survivor, newcomer}
+    assert any(line["level"] == "ERROR" and line["message"] == f"worker {restarted[1]} (pid {victim}) exited (-9): "
+               f"restarting it in 0.5 s" for line in log.json())
+    assert code == 0, str(log)  # the workers that were running at the end all stopped cleanly
+    assert gone(survivor) and gone(newcomer)
+
+
+async def test_workers_that_die_in_a_loop_make_the_supervisor_give_up_and_exit_1():
+    async with serve_process("--workers", "2") as (process, log):
+        with trio.fail_after(60):
+            _, pids = await started_workers(log)
+            killed = set()
+            while True:  # kill each worker as soon as it is up, as a crash at start-up would
+                for line in log.json():
+                    if "listening on" in line["message"] and line["pid"] not in killed and not gone(line["pid"]):
+                        killed.add(line["pid"])
+                        os.kill(line["pid"], signal.SIGKILL)
+                if log.ended or any("giving up" in line["message"] for line in log.json()):
+                    break
+                await trio.sleep(0.05)
             code = await process.wait()
     assert code == 1
-    assert gone(survivor)
-    assert any(line["level"] == "ERROR" and f"worker pid {victim} exited (-9)" in line["message"]
-               for line in log.json())
-    assert any(line["pid"] == survivor and line["message"].startswith("shut down: every connection")
-               for line in log.json())
+    giving_up = [line for line in log.json() if "giving up" in line["message"]]
+    assert len(giving_up) == 1 and giving_up[0]["level"] == "ERROR"
+    assert "5 workers have died within 60 s; giving up, stopping the others" in giving_up[0]["message"]
+    assert len(killed) >= 5 and all(gone(pid) for pid in killed)
+    restarts = [line for line in log.json() if "restarting it in" in line["message"]]
+    assert [line["message"].rsplit(" ", 2)[1] for line in restarts] == ["0.5", "1", "2", "4"]  # backing off
+    assert "Traceback" not in str(log)
 
 
 def test_each_worker_gets_a_share_of_the_cores_unless_told_how_many_decoders():

@@ -35,6 +35,15 @@ class EngineError(Exception):
     """A recognizer call failed: the recognizer raised, or the process hosting it is gone."""
 
 
+def streams_for_cores(cores: float, cores_per_stream: float, utilisation: float = 0.8) -> int:
+    """The streams `cores` serve at real time when each takes `cores_per_stream`, keeping `utilisation` of them
+    busy at most (the rest is headroom for bursts, so latency holds); at least 1. Sphinx, 0.39 cores a stream
+    (docs/engines.md): 4 on 2 cores, where bench_engines measured that 4 held the latency target and 6 did not."""
+    if cores_per_stream <= 0:
+        raise ValueError(f"cores_per_stream must be positive, not {cores_per_stream!r}")
+    return max(1, int(cores * utilisation / cores_per_stream))
+
+
 @attrs.frozen
 class StreamSettings:
     """What a recognizer needs to know about its stream; nothing vendor-specific."""
@@ -79,10 +88,15 @@ class EngineStream(Protocol):
 
 
 class Engine(Protocol):
-    """A loaded engine: opens streams. `open_stream` is an async context manager that closes the stream."""
+    """A loaded engine: opens streams. `open_stream` is an async context manager that closes the stream.
+
+    `capacity`: how many streams at once the engine serves within its latency targets (docs/engines.md), from
+    its decoders and a measured cost per stream; None where that is not known. The server's `--max-sessions
+    auto` (the default) admits that many sessions (stt.server.session_limit)."""
 
     name: str
     sample_rate: int
+    capacity: int | None
 
     def open_stream(self, settings: StreamSettings):  # -> AsyncContextManager[EngineStream]
         ...

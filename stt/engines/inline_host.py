@@ -34,6 +34,7 @@ class InlineEngine:
     name: str
     sample_rate: int
     factory: Callable[[StreamSettings], Recognizer]
+    capacity: int | None = None  # base.Engine.capacity: None (unknown, the scripted engine) unless configured
 
     @asynccontextmanager
     async def open_stream(self, settings: StreamSettings) -> AsyncIterator[InlineStream]:

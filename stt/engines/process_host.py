@@ -9,6 +9,10 @@ sends one request and reads its one reply; the thread is never abandoned, so a c
 reply and the pipe never goes out of step. The worker loop answers ("ok", result) or ("error", "Type: message");
 an exception inside a recognizer fails that one call with EngineError and the worker goes on. A dead worker
 fails every call on it with EngineError; the pool replaces it when a stream is next opened.
+
+Capacity (base.Engine.capacity): given `cores_per_stream` (a recognizer's measured cost at real time), the
+streams the workers serve: base.streams_for_cores of the cores they can use (the workers, at most the machine's
+cores).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import multiprocessing
+import os
 import signal
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -24,7 +29,7 @@ from typing import Any
 import numpy as np
 import trio
 
-from stt.engines.base import EngineError, StreamSettings
+from stt.engines.base import EngineError, StreamSettings, streams_for_cores
 from stt.events import Final, Partial
 
 STOP_TIMEOUT = 5.0  # seconds a worker gets to stop before it is terminated
@@ -216,11 +221,15 @@ class ProcessStream:
 class ProcessEngine:
     """base.Engine over a pool of worker processes. Made by open_process_engine."""
 
-    def __init__(self, factory: str, *, name: str, sample_rate: int, workers: int) -> None:
+    def __init__(self, factory: str, *, name: str, sample_rate: int, workers: int,
+                 cores_per_stream: float | None = None) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, not {workers}")
         self.name = name
         self.sample_rate = sample_rate
+        #: base.Engine.capacity: the streams the workers serve at real time (None without a measured cost)
+        self.capacity: int | None = None if cores_per_stream is None else streams_for_cores(
+            min(workers, os.cpu_count() or 1), cores_per_stream)
         self.factory = factory
         self._context = multiprocessing.get_context("spawn")
         self._size = workers
@@ -317,12 +326,15 @@ class ProcessEngine:
 
 @asynccontextmanager
 async def open_process_engine(
-    factory: str, *, name: str, sample_rate: int, workers: int, warm: bool = True
+    factory: str, *, name: str, sample_rate: int, workers: int, warm: bool = True,
+    cores_per_stream: float | None = None,
 ) -> AsyncIterator[ProcessEngine]:
     """Start `workers` processes hosting `factory` ('package.module:Name', called as factory(settings) in the
     worker); with `warm`, each makes and closes one recognizer first, so its model is loaded before the first
-    stream. Yields the engine; on exit, stops the workers (terminating any that do not stop in time)."""
-    engine = ProcessEngine(factory, name=name, sample_rate=sample_rate, workers=workers)
+    stream. `cores_per_stream` (a recognizer's cost at real time) gives the engine its capacity. Yields the
+    engine; on exit, stops the workers (terminating any that do not stop in time)."""
+    engine = ProcessEngine(factory, name=name, sample_rate=sample_rate, workers=workers,
+                           cores_per_stream=cores_per_stream)
     try:
         await engine._start(warm)
         yield engine

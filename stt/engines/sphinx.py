@@ -42,13 +42,18 @@ exactly as the Endpointer, which the recognizer used before (compared in tests/e
 
 Times are absolute, in seconds since the start of the stream, rounded to 10 ms.
 
-Decoders are expensive to load (~0.4 s), so closed recognizers put theirs on a module-level free list and
+Decoders are expensive to load (~0.4 s), so a closed recognizer puts its decoder on a module-level free list and
 the next recognizer in the same process takes it, with its feature extraction (noise estimate, cepstral mean)
-reset, so that every stream starts from the same state.
+reset, so that every stream starts from the same state. A decoder holds about 98 MB: the free list keeps at most
+MAX_FREE_DECODERS (one), and a decoder it does not keep is freed and its memory handed back to the system
+(`return_memory`: glibc keeps freed memory in the process otherwise, so a worker that once served 8 streams at
+once stayed at 8 decoders' worth, about 650 MB, after they had all ended). So a worker holds one decoder per
+stream that has had audio, plus one.
 """
 
 from __future__ import annotations
 
+import ctypes
 import re
 
 import numpy as np
@@ -77,7 +82,7 @@ _ALTERNATE = re.compile(r"\(\d+\)$")
 
 # --- decoder free list -------------------------------------------------------------------------------------
 
-MAX_FREE_DECODERS = 4  # a decoder holds ~90 MB; loading one takes ~0.5 s of the worker's time
+MAX_FREE_DECODERS = 1  # a decoder holds ~98 MB; loading one takes ~0.5 s of the worker's time
 _free_decoders: list[Decoder] = []
 
 
@@ -91,10 +96,29 @@ def acquire_decoder() -> Decoder:
     return decoder
 
 
-def release_decoder(decoder: Decoder) -> None:
-    """Give a decoder (not inside an utterance) back to the free list."""
+def release_decoder(decoder: Decoder) -> bool:
+    """Give a decoder (not inside an utterance) back to the free list; False when the list is full (the caller
+    then drops its last reference and calls return_memory)."""
     if len(_free_decoders) < MAX_FREE_DECODERS:
         _free_decoders.append(decoder)
+        return True
+    return False
+
+
+def return_memory() -> None:
+    """Hand the memory freed decoders leave behind back to the system (glibc's malloc_trim; elsewhere nothing)."""
+    if _malloc_trim is not None:
+        _malloc_trim(0)
+
+
+def _find_malloc_trim():
+    try:
+        return ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        return None
+
+
+_malloc_trim = _find_malloc_trim()
 
 
 def preload() -> None:
@@ -222,13 +246,20 @@ class SphinxRecognizer:
         decoder, self._decoder = self._decoder, None
         if decoder is None:
             return
+        kept = False
         if self._in_utt:
             self._in_utt = False
             try:
                 decoder.end_utt()
             except Exception:
-                return  # a decoder in an unknown state is not reused
-        release_decoder(decoder)
+                pass  # a decoder in an unknown state is not reused
+            else:
+                kept = release_decoder(decoder)
+        else:
+            kept = release_decoder(decoder)
+        if not kept:
+            del decoder  # the last reference: pocketsphinx frees it here
+            return_memory()
 
     # --- internals -----------------------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import os
 import functools
 import wave
 from pathlib import Path
@@ -285,7 +286,28 @@ def test_decoders_are_reused_and_reset(monkeypatch):
     b.feed(audio[:160])  # two streams with audio at once: two decoders
     a.close()
     b.close()
-    assert len(made) == 2 and len(sphinx._free_decoders) == 2
+    assert len(made) == 2 and len(sphinx._free_decoders) == sphinx.MAX_FREE_DECODERS == 1  # the other is freed
+
+
+def test_decoders_the_free_list_does_not_keep_give_their_memory_back():
+    """Eight streams with audio at once, then none: the process keeps one decoder's memory, not eight."""
+    def rss_mib() -> float:
+        with open("/proc/self/statm") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+    audio = load("ps_goforward")[:16000]
+    run(audio, 1600)  # one decoder loaded and on the free list
+    before = rss_mib()
+    recognizers = [SphinxRecognizer(StreamSettings()) for _ in range(8)]
+    for recognizer in recognizers:
+        recognizer.feed(audio)
+    held = rss_mib()
+    for recognizer in recognizers:
+        recognizer.close()
+    del recognizer, recognizers
+    after = rss_mib()
+    assert held - before > 7 * 60  # each decoder holds ~98 MiB (the first came from the free list)
+    assert after - before < 100, (before, held, after)  # at most one decoder's worth stays
 
 
 def test_a_stream_takes_a_decoder_with_its_first_audio_not_when_it_opens(monkeypatch):
