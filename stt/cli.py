@@ -17,7 +17,9 @@ from stt.engines.whisper import PARTIAL_MODES
 from stt.logs import LOG_FORMATS
 from stt.session import SessionLimits
 
-DEFAULT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "statecharts"
+#: `stt diagrams` writes here by default: docs/statecharts of the current directory (the checkout it is run in),
+#: never the installed package's folder (site-packages, when stt is not installed editable).
+DEFAULT_DOCS = Path("docs") / "statecharts"
 #: The dialects by path, for `stt serve --help` (tests/test_cli.py routes each path to its dialect).
 DIALECT_PATHS = ("Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, VoiceRun Transcribe at /ws, "
                  "YourVoic at /api/v1/stt/realtime/stream, Voci V-Blaze at /transcribe, Scriptix at /v2/realtime "
@@ -78,7 +80,9 @@ def _parser() -> argparse.ArgumentParser:
     _add_conformance_options(serve)
 
     diagrams = commands.add_parser("diagrams", help="write docs/statecharts/*.md from statecharts/*.yaml")
-    diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS, help="output folder")
+    diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS,
+                          help="output folder (default: docs/statecharts of the current directory: run it in the "
+                               "checkout)")
     diagrams.add_argument("--check", action="store_true", help="write nothing; exit 1 if the pages are stale")
     _add_conformance_commands(commands)
     return parser

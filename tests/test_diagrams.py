@@ -32,3 +32,11 @@ def test_diagrams_check_reports_stale_pages(tmp_path, capsys):
     (tmp_path / "speechmatics.md").write_text("edited by hand\n")
     assert main(["diagrams", "--out", str(tmp_path), "--check"]) == 1
     assert "speechmatics.md" in capsys.readouterr().err
+
+
+def test_stt_diagrams_writes_into_the_current_directory_not_the_installed_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["diagrams"]) == 0
+    written = sorted(p.name for p in (tmp_path / "docs" / "statecharts").iterdir())
+    assert written and all(name.endswith(".md") for name in written)
+    assert main(["diagrams", "--check"]) == 0
