@@ -85,6 +85,9 @@ def _parser() -> argparse.ArgumentParser:
                                "checkout)")
     diagrams.add_argument("--check", action="store_true", help="write nothing; exit 1 if the pages are stale")
     _add_conformance_commands(commands)
+    from stt.transcribe import add_transcribe_command
+
+    add_transcribe_command(commands)
     return parser
 
 
@@ -229,6 +232,10 @@ def main(argv: list[str] | None = None) -> int:
         from stt.conformance.checks import report_command
 
         return report_command(args)
+    if args.command == "transcribe":
+        from stt.transcribe import transcribe_command
+
+        return transcribe_command(args)
     if args.command == "replay":
         from stt.conformance.replay import replay_command
 

