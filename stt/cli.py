@@ -9,6 +9,7 @@ import os
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
 from stt import __version__
@@ -249,8 +250,11 @@ def _serve(argv: list[str] | None) -> int:
     from stt.logs import configure_logging
     from stt.server import serve, serve_workers
 
+    from stt.startup import check_startup
+
     try:
         config, settings = _server_config(argv)
+        check_startup(attrs.evolve(config, reuse_port=settings.workers > 1))  # before the engine loads
     except ConfigError as exc:
         print(f"stt: {exc}", file=sys.stderr)
         return 2

@@ -345,6 +345,10 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
             server.port = _port(listeners[0])
             url = f"{'wss' if ssl_context else 'ws'}://{config.host}:{server.port}"
             log.info("stt listening on %s (engine %s)", url, engine.name, extra={"url": url, "engine": engine.name})
+            from stt.startup import startup_lines  # (stt.startup imports this module)
+
+            for message, fields in startup_lines(config, url, engine.name, server.admin_port):
+                log.info(message, extra=fields)
             yield server
             nursery.cancel_scope.cancel()
 
