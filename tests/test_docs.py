@@ -315,3 +315,105 @@ def test_the_harness_reads_blocks_markers_continuations_and_console_output(tmp_p
     assert rewrite_ports("ws://127.0.0.1:9000/v2 --port 90001", {"9000": 4242}) == "ws://127.0.0.1:4242/v2 --port 90001"
     assert SERVE_LINE.match("stt serve --engine sphinx") and SERVE_LINE.match("STT_X=1 stt serve")
     assert SERVE_LINE.match("stt serve --admin-port 9 &") and not SERVE_LINE.match("stt serve --help")
+
+
+# --- every documented option of every subcommand ------------------------------------------------------------
+
+
+def _subcommands() -> dict[str, "argparse.ArgumentParser"]:
+    import argparse
+
+    from stt.cli import _parser
+
+    for action in _parser()._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return dict(action.choices)
+    raise AssertionError("stt has no subcommands")
+
+
+#: Placeholders for the positional (and required) arguments of each subcommand (parsing only: nothing is read or connected).
+POSITIONALS = {"conform": ["ws://127.0.0.1:9", "--dialect", "speechmatics"], "report": ["x.jsonl"], "replay": ["x.jsonl", "ws://127.0.0.1:9"],
+               "transcribe": ["tests/data/ps_goforward.wav"]}
+
+
+@pytest.fixture(scope="module")
+def option_files(tmp_path_factory) -> dict[str, str]:
+    """Real files for the options that name one: a TOML config, a keys file, a certificate and key (when the
+    openssl command is there), a whisper model directory, output folders."""
+    folder = tmp_path_factory.mktemp("options")
+    (folder / "stt.toml").write_text("idle_timeout = 60\n")
+    (folder / "keys").write_text("a-key\n")
+    files = {"config": str(folder / "stt.toml"), "api_keys_file": str(folder / "keys"),
+             "conformance": str(folder / "conformance"), "out": str(folder / "out")}
+    if shutil.which("openssl"):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+                        "-nodes", "-keyout", str(folder / "key.pem"), "-out", str(folder / "cert.pem"), "-days", "1",
+                        "-subj", "/CN=127.0.0.1"], check=True, capture_output=True)
+        files.update(certfile=str(folder / "cert.pem"), keyfile=str(folder / "key.pem"))
+    from stt.engines.whisper import default_model
+
+    files["whisper_model"] = str(default_model())
+    return files
+
+
+def option_value(action, files: dict[str, str]) -> list[str]:
+    """The arguments that give `action` a value a user would give it."""
+    import argparse
+
+    flag = max(action.option_strings, key=len)
+    if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._StoreConstAction)):
+        return [flag]
+    if action.dest in files:
+        return [flag, files[action.dest]]
+    if action.choices:
+        choices = list(action.choices)
+        return [flag, "scripted" if "scripted" in choices else choices[0]]
+    special = {"port": "0", "admin_port": "0", "host": "127.0.0.1", "admin_host": "127.0.0.1", "fault": "delay=100ms",
+               "header": "X-Trace: 1", "url": "ws://127.0.0.1:9", "workers": "1", "sample_rate": "16000"}
+    if action.dest in special:
+        return [flag, special[action.dest]]
+    if action.type in (int, float):
+        return [flag, "2"]
+    if action.type is Path or (action.metavar or "").upper() in ("PATH", "DIR"):
+        return [flag, str(Path(files["out"]) / f"{action.dest}.out")]
+    return [flag, "value"]
+
+
+def test_every_documented_option_of_every_subcommand_is_accepted(option_files, monkeypatch):
+    """Each option that `stt SUBCOMMAND --help` documents, given once with a sensible value, parses; for
+    `stt serve` it also goes through the settings (stt.config) and the start-up checks, as at a real start."""
+    import argparse
+
+    from stt.cli import _engine_options, _parser
+    from stt.config import resolve, server_config
+    from stt.startup import check_startup
+
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("COLUMNS", "1000")  # --help on one line per option: no flag cut at a hyphen
+    for env in [k for k in os.environ if k.startswith("STT_")]:
+        monkeypatch.delenv(env)
+    tried = 0
+    for name, parser in _subcommands().items():
+        shown = parser.format_help()
+        actions = {max(a.option_strings, key=len): a for a in parser._actions
+                   if a.option_strings and a.help != argparse.SUPPRESS and a.dest not in ("help", "version")}
+        assert actions, name
+        for flag, action in sorted(actions.items()):
+            assert flag in shown and action.help, f"stt {name} --help does not document {flag}"
+            given = option_value(action, option_files)
+            if action.dest in ("certfile", "keyfile"):
+                if "certfile" not in option_files:
+                    continue  # no openssl to make a certificate with
+                given = ["--certfile", option_files["certfile"], "--keyfile", option_files["keyfile"]]
+            argv = [name, *POSITIONALS.get(name, []), *given]
+            if name == "serve" and action.dest != "engine":
+                argv += ["--engine", "scripted"]
+            try:
+                settings = _parser().parse_args(argv)
+            except SystemExit as exc:
+                raise AssertionError(f"stt {' '.join(argv)}: refused (exit {exc.code})") from None
+            if name == "serve":
+                settings = resolve(_parser, argv, env={})
+                check_startup(server_config(settings, engine_options=_engine_options(settings)))
+            tried += 1
+    assert tried > 40
