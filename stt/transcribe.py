@@ -85,6 +85,9 @@ def open_source(source: str) -> tuple[Callable[[], AsyncIterator[bytes]], int | 
     """(a function that yields the source's bytes, its size when known). A file that cannot be opened fails
     here, before anything connects."""
     if source == "-":
+        if _tty(sys.stdin):
+            raise TranscribeError(EXIT_USAGE, "- reads audio from stdin, which is a terminal here: pipe audio into "
+                                              "it (ffmpeg ... -f wav - | stt transcribe -)")
         return _read_fd(sys.stdin.buffer.fileno()), None
     if is_url(source):
         return _read_url(source), None
@@ -785,7 +788,10 @@ async def _transcribe(args: argparse.Namespace) -> int:
     started = time.monotonic()
     async with aclosing(chunks_of()) as chunks:
         if client is None:
+            # One stream: one sphinx worker process is all it uses; whisper may decode utterances side by side.
             options = {"model": args.whisper_model} if args.engine == "whisper" else {}
+            if args.engine == "sphinx":
+                options["workers"] = 1
             await transcribe_in_process(samples, chunks, display, args.engine, options, started)
         else:
             await transcribe_remote(samples, chunks, display, args.url, client, args.api_key, args.timeout, started)
