@@ -23,6 +23,7 @@ import base64
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
@@ -40,7 +41,9 @@ EXIT_DONE, EXIT_SESSION_ERROR, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
 EXIT_CODES = (
     "Exit status: 0 the transcript is complete; 1 the server or the engine ended the session with an error (its "
     "error is printed); 2 a usage error, or audio that cannot be read or decoded (a missing file, not audio, a "
-    "URL that cannot be fetched); 3 cannot connect to the server (refused, no such host, handshake refused).")
+    "URL that cannot be fetched); 3 cannot connect to the server (refused, no such host, handshake refused); 130 "
+    "a second Ctrl-C. The first Ctrl-C ends the audio where it is: what was read is transcribed to the end and "
+    "printed, as when the source ends (the way to stop a microphone).")
 RATE = 16000  # what is sent to a server: 16-bit PCM, mono, 16 kHz, which every dialect accepts
 READ_BYTES = 64 * 1024  # read from the source at a time
 FRAME_SECONDS = 0.1  # audio per frame sent to a server (the vendors' clients send 20 ms to 1 s)
@@ -764,6 +767,36 @@ def _fail(exc: TranscribeError) -> None:
     print(f"stt transcribe: {message}", file=sys.stderr)
 
 
+class AudioEnd:
+    """Ctrl-C (SIGINT) ends the audio where it is: what was read is transcribed to the end, printed, and the
+    command exits 0, as when the source ends (the microphone recipe's way to stop). A second Ctrl-C stops at
+    once (exit 130)."""
+
+    def __init__(self) -> None:
+        self.stopped = False
+        self._reading: trio.CancelScope | None = None
+
+    async def chunks(self, source: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+        while not self.stopped:
+            chunk = None
+            with trio.CancelScope() as self._reading:
+                try:
+                    chunk = await source.__anext__()
+                except StopAsyncIteration:
+                    return
+            if chunk is None:  # the read was cancelled: the audio ends here
+                return
+            yield chunk
+
+    async def watch(self, interrupts) -> None:
+        async for _ in interrupts:
+            if self.stopped:
+                raise TranscribeError(130, "interrupted")
+            self.stopped = True
+            if self._reading is not None:
+                self._reading.cancel()
+
+
 async def _transcribe(args: argparse.Namespace) -> int:
     if args.raw and (args.sample_rate <= 0 or args.channels < 1):
         raise TranscribeError(EXIT_USAGE, "--sample-rate and --channels must be positive")
@@ -786,15 +819,21 @@ async def _transcribe(args: argparse.Namespace) -> int:
     samples = Samples(args.source, fmt, RATE)
     display = Display(sys.stdout, sys.stderr, args.mode, args.partials, args.progress, size)
     started = time.monotonic()
-    async with aclosing(chunks_of()) as chunks:
-        if client is None:
-            # One stream: one sphinx worker process is all it uses; whisper may decode utterances side by side.
-            options = {"model": args.whisper_model} if args.engine == "whisper" else {}
-            if args.engine == "sphinx":
-                options["workers"] = 1
-            await transcribe_in_process(samples, chunks, display, args.engine, options, started)
-        else:
-            await transcribe_remote(samples, chunks, display, args.url, client, args.api_key, args.timeout, started)
+    end = AudioEnd()
+    with trio.open_signal_receiver(signal.SIGINT) as interrupts:
+        async with trio.open_nursery() as nursery, aclosing(chunks_of()) as source:
+            nursery.start_soon(end.watch, interrupts)
+            chunks = end.chunks(source)
+            if client is None:
+                # One stream: one sphinx worker process is all it uses; whisper may decode utterances side by side.
+                options = {"model": args.whisper_model} if args.engine == "whisper" else {}
+                if args.engine == "sphinx":
+                    options["workers"] = 1
+                await transcribe_in_process(samples, chunks, display, args.engine, options, started)
+            else:
+                await transcribe_remote(samples, chunks, display, args.url, client, args.api_key, args.timeout,
+                                        started)
+            nursery.cancel_scope.cancel()
     display.progress(samples.seconds, samples.bytes_read, time.monotonic() - started, force=True)
     display.finish()
     if display.show_progress:

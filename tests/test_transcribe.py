@@ -207,3 +207,33 @@ def test_transcribe_help_documents_the_exit_statuses():
     assert done.returncode == 0
     for status in ("0 the transcript is complete", "1 the server", "2 a usage error", "3 cannot connect"):
         assert status in text
+
+
+def test_ctrl_c_ends_the_audio_where_it_is_and_prints_the_rest(tmp_path):
+    """The microphone recipe's way to stop: the audio read so far is transcribed to its end, exit 0."""
+    import signal
+    import threading
+    import time
+
+    head = (DATA / "ps_librivox_0870.wav").read_bytes()[:44 + 16000 * 2 * 3]  # the header and 3 s of speech
+    part = tmp_path / "part.wav"
+    part.write_bytes(head)
+    with stt_serve("--engine", "scripted") as server:
+        for where in ([], ["--url", server["url"]]):
+            whole = run_stt("transcribe", str(part), "--engine", "scripted", *where)
+            live = subprocess.Popen([STT, "transcribe", "-", "--engine", "scripted", *where], stdin=subprocess.PIPE,
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=stt_env())
+            watchdog = threading.Timer(60, live.kill)
+            watchdog.start()
+            try:
+                live.stdin.write(head)
+                live.stdin.flush()  # and left open, as a microphone's pipe is
+                first = live.stdout.readline()  # the first final: the audio is being read
+                time.sleep(0.5)
+                live.send_signal(signal.SIGINT)
+                out, err = live.communicate(timeout=30)
+            finally:
+                watchdog.cancel()
+                live.kill()
+            assert live.returncode == 0, err
+            assert (first + out).decode() == whole.out and whole.out.count("\n") == 2, (where, first, out, whole.out)
