@@ -417,3 +417,16 @@ def test_every_documented_option_of_every_subcommand_is_accepted(option_files, m
                 check_startup(server_config(settings, engine_options=_engine_options(settings)))
             tried += 1
     assert tried > 40
+
+
+def test_the_readmes_first_two_lines_install_and_serve_then_install_and_test():
+    """Line 1 makes the venv, installs and starts the server with the default engine; line 2 (which .ci/run evals
+    in a fresh venv of its own) installs the test extra and runs the tests. Both are shell that parses."""
+    first, second = (line.strip() for line in (ROOT / "README.md").read_text().splitlines()[:2])
+    assert first.startswith("python3 -m venv .venv && . .venv/bin/activate && ") and "pip install -e ." in first
+    assert first.endswith("stt serve")
+    assert "pip install -e '.[test]'" in second and second.endswith("python3 -m pytest")
+    assert ". .venv/bin/activate" in second  # a second terminal has no venv active yet
+    for line in (first, second):
+        done = subprocess.run(["bash", "-n", "-c", line], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
