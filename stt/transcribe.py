@@ -49,6 +49,9 @@ READ_BYTES = 64 * 1024  # read from the source at a time
 FRAME_SECONDS = 0.1  # audio per frame sent to a server (the vendors' clients send 20 ms to 1 s)
 ENGINE_CHUNK = 8000  # samples fed to an in-process engine at a time (0.5 s)
 CONNECT_TIMEOUT = 10.0
+#: In this process, an utterance is cut by max_delay only after this long (a server's dialect sets its own: 4 s
+#: for Speechmatics): Whisper hears a sentence better whole, and a word at a cut can be lost.
+IN_PROCESS_MAX_DELAY = 10.0
 DIALECT_NAMES = ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix")
 
 
@@ -569,7 +572,8 @@ async def transcribe_in_process(samples: Samples, chunks: AsyncIterator[bytes], 
         async with open_engine(engine, **engine_options) as loaded:
             if loaded.sample_rate != samples.rate:
                 raise TranscribeError(EXIT_SESSION_ERROR, f"the {engine} engine runs at {loaded.sample_rate} Hz")
-            async with loaded.open_stream(StreamSettings(partials=display.show_partials)) as stream:
+            settings = StreamSettings(partials=display.show_partials, max_delay=IN_PROCESS_MAX_DELAY)
+            async with loaded.open_stream(settings) as stream:
                 async for chunk in samples(chunks):
                     for i in range(0, len(chunk), ENGINE_CHUNK):
                         for result in await stream.feed(chunk[i:i + ENGINE_CHUNK]):
