@@ -167,6 +167,38 @@ def test_partials_are_one_live_line_on_a_terminal_and_absent_in_a_pipe():
     assert partial_only - {""}, "no partial was shown on the terminal"
 
 
+def on_a_terminal(command: list[str], stderr_too: bool = False) -> tuple[int, str]:
+    """Run `command` with stdout (and stderr) on a pseudo-terminal; (exit status, what the terminal got)."""
+    main, secondary = pty.openpty()
+    try:
+        done = subprocess.run(command, stdout=secondary, stderr=secondary if stderr_too else subprocess.DEVNULL,
+                              env=stt_env(), timeout=60)
+        os.close(secondary)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(main, 65536)
+            except OSError:  # the other side is closed: all read
+                break
+            if not chunk:
+                break
+            shown += chunk
+    finally:
+        os.close(main)
+    return done.returncode, shown.decode()
+
+
+def test_a_terminal_shows_progress_with_audio_seconds_and_speed(tmp_path):
+    mp3 = mp3_of(DATA / "ps_librivox_0870.wav", tmp_path)
+    status, shown = on_a_terminal([STT, "transcribe", str(mp3), "--engine", "scripted"], stderr_too=True)
+    assert status == 0, shown
+    bars = re.findall(r"\[(#*) *\] +(\d+)% (\d+\.\d) s of audio", shown)
+    assert bars and bars[-1][1] == "100", shown
+    assert re.search(r"\d+\.\d s of audio in \d+\.\d s \(\d+\.\dx real time\)", shown), shown
+    seconds = wave.open(str(DATA / "ps_librivox_0870.wav")).getnframes() / 16000
+    assert abs(float(bars[-1][2]) - seconds) < 0.2  # the MP3's audio, decoded: its length within a frame or so
+
+
 def _closed_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
