@@ -1,5 +1,6 @@
 """The `stt` command: `stt serve` runs the server, `stt diagrams` regenerates docs/ from statecharts/, `stt conform`,
-`stt report` and `stt replay` are the conformance kit (stt.conformance)."""
+`stt report` and `stt replay` are the conformance kit (stt.conformance), `stt transcribe` a client for files, stdin
+and URLs (stt.transcribe)."""
 
 from __future__ import annotations
 
@@ -249,7 +250,6 @@ def _serve(argv: list[str] | None) -> int:
     from stt.config import ConfigError
     from stt.logs import configure_logging
     from stt.server import serve, serve_workers
-
     from stt.startup import check_startup
 
     try:
