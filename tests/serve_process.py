@@ -70,6 +70,8 @@ def run_stt(*args: str, input: bytes | None = None, timeout: float = 180.0, env:
             **options) -> subprocess.CompletedProcess:
     """`stt ARGS...`, to completion; stdout and stderr captured as text."""
     started = time.monotonic()
+    if input is None:
+        options.setdefault("stdin", subprocess.DEVNULL)  # never the terminal pytest may have been started from
     done = subprocess.run([STT, *args], input=input, capture_output=True, timeout=timeout, env=env or stt_env(),
                           **options)
     done.elapsed = time.monotonic() - started

@@ -258,7 +258,7 @@ def run_block(block: Block, servers, workspace: Path, scratch: Path) -> str | No
                   STT_PORT=str(ports.get("9000", free_port())))
     env.pop("VIRTUAL_ENV", None)
     done = subprocess.run(["bash", "-c", script_of(block, ports, logs)], cwd=workspace, env=env,
-                          capture_output=True, text=True, timeout=float(block.marker.get("timeout", 180)))
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=float(block.marker.get("timeout", 180)))
     failed = re.search(r"@@failed (\d+) (.*)", done.stderr)
     if failed or done.returncode != 0:
         line = int(failed.group(1)) if failed else block.line
