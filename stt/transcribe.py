@@ -19,7 +19,6 @@ host, the handshake refused). Every error is one line on stderr.
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import shutil
@@ -31,11 +30,12 @@ from contextlib import aclosing
 from typing import Any, TextIO
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-import attrs
 import numpy as np
 import trio
 
-from stt.events import AudioFormat, Final, Partial, Word
+from stt.clients import CLIENTS, RATE, DialectClient, Segment
+from stt.events import AudioFormat, Final, Partial
+from stt.subtitles import subtitles
 
 EXIT_DONE, EXIT_SESSION_ERROR, EXIT_USAGE, EXIT_CONNECT = 0, 1, 2, 3
 EXIT_CODES = (
@@ -44,7 +44,6 @@ EXIT_CODES = (
     "URL that cannot be fetched); 3 cannot connect to the server (refused, no such host, handshake refused); 130 "
     "a second Ctrl-C. The first Ctrl-C ends the audio where it is: what was read is transcribed to the end and "
     "printed, as when the source ends (the way to stop a microphone).")
-RATE = 16000  # what is sent to a server: 16-bit PCM, mono, 16 kHz, which every dialect accepts
 READ_BYTES = 64 * 1024  # read from the source at a time
 FRAME_SECONDS = 0.1  # audio per frame sent to a server (the vendors' clients send 20 ms to 1 s)
 ENGINE_CHUNK = 8000  # samples fed to an in-process engine at a time (0.5 s)
@@ -61,18 +60,6 @@ class TranscribeError(Exception):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
-
-
-@attrs.frozen
-class Segment:
-    """A result as this command shows it: a final or partial text, and its words' times where the dialect
-    sends them (VoiceRun sends text only)."""
-
-    final: bool
-    text: str
-    words: tuple[Word, ...] = ()
-    start: float | None = None
-    end: float | None = None
 
 
 def segment_of(result: Partial | Final) -> Segment:
@@ -193,220 +180,6 @@ async def frames_of(samples: AsyncIterator[np.ndarray], frame_samples: int) -> A
         yield held.astype("<i2").tobytes()
 
 
-# --- dialects, from the client's side ------------------------------------------------------------------------
-
-
-@attrs.define
-class Reading:
-    """What a frame from the server meant."""
-
-    segments: list[Segment] = attrs.field(factory=list)
-    ready: bool = False  # the server is ready for audio
-    done: bool = False  # the transcript is complete
-    error: str | None = None  # the server reported an error
-
-
-def _json(frame: str | bytes) -> Any:
-    if not isinstance(frame, str):
-        return None
-    try:
-        return json.loads(frame)
-    except ValueError:
-        return None
-
-
-class DialectClient:
-    """A dialect as its clients speak it, for 16 kHz s16le audio."""
-
-    name: str
-    path: str
-    waits_for_ready = True  # send audio only once the server says it is ready
-    ends_by_close = False  # the end of the transcript is the server's normal close
-    has_times = True
-
-    def __init__(self, partials: bool):
-        self.partials = partials
-        self.sent = 0
-
-    def query(self, api_key: str | None) -> dict[str, str]:
-        return {}
-
-    def headers(self, api_key: str | None) -> list[tuple[str, str]]:
-        return [("Authorization", f"Bearer {api_key}")] if api_key else []
-
-    def opening(self) -> list[str | bytes]:
-        return []
-
-    def audio(self, pcm: bytes) -> list[str | bytes]:
-        self.sent += 1
-        return [pcm]
-
-    def closing(self) -> list[str | bytes]:
-        raise NotImplementedError
-
-    def read(self, frame: str | bytes) -> Reading:
-        raise NotImplementedError
-
-
-class SpeechmaticsClient(DialectClient):
-    name, path = "speechmatics", "/v2"
-
-    def opening(self):
-        return [json.dumps({"message": "StartRecognition",
-                            "audio_format": {"type": "raw", "encoding": "pcm_s16le", "sample_rate": RATE},
-                            "transcription_config": {"language": "en", "enable_partials": self.partials}})]
-
-    def closing(self):
-        return [json.dumps({"message": "EndOfStream", "last_seq_no": self.sent})]
-
-    def read(self, frame):
-        msg, out = _json(frame), Reading()
-        if not isinstance(msg, dict):
-            return out
-        kind = msg.get("message")
-        if kind == "RecognitionStarted":
-            out.ready = True
-        elif kind in ("AddTranscript", "AddPartialTranscript"):
-            words = tuple(Word(r["alternatives"][0]["content"], r["start_time"], r["end_time"],
-                               r["alternatives"][0].get("confidence", 1.0))
-                          for r in msg.get("results", []) if r.get("alternatives"))
-            meta = msg.get("metadata", {})
-            out.segments.append(Segment(kind == "AddTranscript", meta.get("transcript", "").strip(), words,
-                                        meta.get("start_time"), meta.get("end_time")))
-        elif kind == "EndOfTranscript":
-            out.done = True
-        elif kind == "Error":
-            out.error = f"{msg.get('type')}: {msg.get('reason')}"
-        return out
-
-
-class VoiceRunClient(DialectClient):
-    name, path = "voicerun", "/ws"
-    has_times = False
-
-    def opening(self):
-        return [json.dumps({"type": "session.update", "session": {
-            "model": "nova-3", "provider": "DEEPGRAM", "language": "en", "input_audio_format": "pcm16",
-            "sample_rate": RATE}})]
-
-    def audio(self, pcm):
-        self.sent += 1
-        return [json.dumps({"type": "audio.append", "audio": base64.b64encode(pcm).decode()})]
-
-    def closing(self):
-        return [json.dumps({"type": "session.close"})]
-
-    def read(self, frame):
-        msg, out = _json(frame), Reading()
-        if not isinstance(msg, dict):
-            return out
-        kind = msg.get("type")
-        if kind == "session.updated":
-            out.ready = True
-        elif kind == "transcription.completed":
-            out.segments.append(Segment(True, msg.get("text", "").strip()))
-        elif kind == "transcription.partial" and self.partials:
-            out.segments.append(Segment(False, msg.get("text", "").strip()))
-        elif kind == "session.closed":
-            out.done = True
-        elif kind == "error":
-            error = msg.get("error") if isinstance(msg.get("error"), dict) else {}
-            out.error = f"{error.get('code')}: {error.get('message')}"
-        return out
-
-
-class YourVoicClient(DialectClient):
-    name, path = "yourvoic", "/api/v1/stt/realtime/stream"
-    waits_for_ready = False
-    ends_by_close = True
-
-    def query(self, api_key):
-        query = {"model": "lucid-agent", "interim_results": "true" if self.partials else "false"}
-        return {**query, "api_key": api_key} if api_key else query
-
-    def headers(self, api_key):
-        return []
-
-    def closing(self):
-        return [json.dumps({"type": "close"})]
-
-    def read(self, frame):
-        msg, out = _json(frame), Reading()
-        if not isinstance(msg, dict):
-            return out
-        if msg.get("type") == "transcript":
-            words = tuple(Word(w["word"], w["start"], w["end"]) for w in msg.get("words", []))
-            out.segments.append(Segment(bool(msg.get("is_final")), msg.get("text", "").strip(), words,
-                                        msg.get("start"), msg.get("end")))
-        elif msg.get("type") == "error":
-            out.error = f"{msg.get('code')}: {msg.get('message')}"
-        return out
-
-
-class VBlazeClient(DialectClient):
-    name, path = "vblaze", "/transcribe"
-    waits_for_ready = False
-    ends_by_close = True
-
-    def query(self, api_key):
-        query = {"datahdr": "NONE", "samprate": str(RATE), "sampwidth": "2", "encoding": "SPCM", "output": "json",
-                 "realtime": "true", "outstream": "true", "utterance_fmt": "json"}
-        return {**query, "token": api_key} if api_key else query
-
-    def headers(self, api_key):
-        return []
-
-    def closing(self):
-        return [b""]
-
-    def read(self, frame):
-        msg, out = _json(frame), Reading()
-        if isinstance(msg, dict) and "events" in msg and "donedate" not in msg:  # one utterance
-            words = tuple(Word(e["word"], e["start"], e["end"], e.get("confidence", 1.0)) for e in msg["events"])
-            out.segments.append(Segment(True, " ".join(w.text for w in words), words, msg.get("start"),
-                                        msg.get("end")))
-        return out  # the whole transcript after the empty frame repeats the utterances: not shown again
-
-
-class ScriptixClient(DialectClient):
-    name, path = "scriptix", "/v2/realtime"
-
-    def query(self, api_key):
-        query = {"type": "fast", "language": "en"}
-        return {**query, "token": api_key} if api_key else query
-
-    def headers(self, api_key):
-        return []
-
-    def opening(self):
-        return [json.dumps({"action": "start", "partial": self.partials})]
-
-    def closing(self):
-        return [json.dumps({"action": "stop"})]
-
-    def read(self, frame):
-        msg, out = _json(frame), Reading()
-        if not isinstance(msg, dict):
-            return out
-        if msg.get("state") == "listening":
-            out.ready = True
-        elif msg.get("state") == "stopped":
-            out.done = True
-        elif "partial" in msg:
-            out.segments.append(Segment(False, str(msg["partial"]).strip()))
-        elif "result" in msg:
-            words = tuple(Word(w[0], w[1] / 1000, w[2] / 1000, w[3] if len(w) > 3 else 1.0) for w in msg["result"])
-            out.segments.append(Segment(True, str(msg.get("text", "")).strip(), words,
-                                        words[0].start if words else None, words[-1].end if words else None))
-        elif isinstance(msg.get("error"), str):
-            out.error = msg["error"]
-        return out
-
-
-CLIENTS: dict[str, type[DialectClient]] = {c.name: c for c in (SpeechmaticsClient, VoiceRunClient, YourVoicClient,
-                                                                VBlazeClient, ScriptixClient)}
-
-
 def server_url(base: str, client: DialectClient, api_key: str | None) -> str:
     """`base` (ws[s]://host:port, with or without a path and query) with the dialect's path, unless it has one,
     and the dialect's query parameters under those of `base`."""
@@ -513,51 +286,6 @@ def _segment_json(segment: Segment) -> dict:
         out["words"] = [{"text": w.text, "start": round(w.start, 3), "end": round(w.end, 3),
                          "confidence": round(w.confidence, 3)} for w in segment.words]
     return out
-
-
-MAX_CUE_SECONDS = 6.0
-MAX_CUE_CHARS = 84  # two lines of 42
-
-
-def cues(finals: list[Segment]) -> list[tuple[float, float, str]]:
-    """Subtitle cues from finals' words: a final is cut where a cue would be longer than MAX_CUE_SECONDS or
-    MAX_CUE_CHARS. A final without words (nothing timed) is one cue over its span."""
-    out = []
-    for final in finals:
-        if not final.words:
-            if final.start is not None and final.end is not None and final.text:
-                out.append((final.start, final.end, final.text))
-            continue
-        current: list[Word] = []
-        for word in final.words:
-            text = " ".join(w.text for w in [*current, word])
-            if current and (word.end - current[0].start > MAX_CUE_SECONDS or len(text) > MAX_CUE_CHARS):
-                out.append((current[0].start, current[-1].end, " ".join(w.text for w in current)))
-                current = []
-            current.append(word)
-        if current:
-            same = len(current) == len(final.words) and final.text
-            out.append((current[0].start, current[-1].end, final.text if same else " ".join(w.text for w in current)))
-    return out
-
-
-def _timestamp(seconds: float, separator: str) -> str:
-    ms = max(0, round(seconds * 1000))
-    h, ms = divmod(ms, 3_600_000)
-    m, ms = divmod(ms, 60_000)
-    s, ms = divmod(ms, 1000)
-    return f"{h:02d}:{m:02d}:{s:02d}{separator}{ms:03d}"
-
-
-def subtitles(finals: list[Segment], kind: str) -> str:
-    """SubRip (srt) or WebVTT (vtt) text of the finals."""
-    separator = "," if kind == "srt" else "."
-    blocks = []
-    for i, (start, end, text) in enumerate(cues(finals), 1):
-        timing = f"{_timestamp(start, separator)} --> {_timestamp(max(end, start + 0.001), separator)}"
-        blocks.append(f"{i}\n{timing}\n{text}\n" if kind == "srt" else f"{timing}\n{text}\n")
-    body = "\n".join(blocks)
-    return body if kind == "srt" else "WEBVTT\n\n" + body
 
 
 # --- the two ways to transcribe ------------------------------------------------------------------------------
@@ -847,5 +575,4 @@ async def _transcribe(args: argparse.Namespace) -> int:
     return EXIT_DONE
 
 
-__all__ = ["CLIENTS", "EXIT_CODES", "Segment", "TranscribeError", "add_transcribe_command", "cues", "subtitles",
-           "transcribe_command"]
+__all__ = ["EXIT_CODES", "TranscribeError", "add_transcribe_command", "transcribe_command"]

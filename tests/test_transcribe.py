@@ -14,7 +14,8 @@ import wave
 import numpy as np
 import pytest
 
-from stt.transcribe import Segment, cues, subtitles
+from stt.clients import Segment
+from stt.subtitles import cues, subtitles
 from stt.events import Word
 from stt.wer import wer
 from tests.helpers import DATA, REFERENCES, encode_audio, serve_directory
