@@ -87,3 +87,18 @@ def test_other_libraries_info_lines_are_off_unless_debug():
         messages = [json.loads(line)["message"] for line in out.getvalue().splitlines()]
         assert ("Processing audio with duration 00:03.400" in messages) is shown
         assert "a warning" in messages and "session open" in messages
+
+
+def test_an_ipv6_host_is_bracketed_in_the_urls_it_logs():
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6 here")
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with stt_serve("--engine", "scripted", "--host", "::1") as server:
+        pass
+    assert server["url"].startswith("ws://[::1]:")
+    records = [json.loads(line) for line in server["lines"] if line.startswith("{")]
+    assert any(r.get("url") == server["url"] + "/v2" for r in records)
