@@ -1,5 +1,6 @@
 """The `stt` command: `stt serve` runs the server, `stt diagrams` regenerates docs/ from statecharts/, `stt conform`,
-`stt report` and `stt replay` are the conformance kit (stt.conformance)."""
+`stt report` and `stt replay` are the conformance kit (stt.conformance), `stt transcribe` a client for files, stdin
+and URLs (stt.transcribe)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import os
 import sys
 from pathlib import Path
 
+import attrs
 import trio
 
 from stt import __version__
@@ -17,7 +19,9 @@ from stt.engines.whisper import PARTIAL_MODES
 from stt.logs import LOG_FORMATS
 from stt.session import SessionLimits
 
-DEFAULT_DOCS = Path(__file__).resolve().parent.parent / "docs" / "statecharts"
+#: `stt diagrams` writes here by default: docs/statecharts of the current directory (the checkout it is run in),
+#: never the installed package's folder (site-packages, when stt is not installed editable).
+DEFAULT_DOCS = Path("docs") / "statecharts"
 #: The dialects by path, for `stt serve --help` (tests/test_cli.py routes each path to its dialect).
 DIALECT_PATHS = ("Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, VoiceRun Transcribe at /ws, "
                  "YourVoic at /api/v1/stt/realtime/stream, Voci V-Blaze at /transcribe, Scriptix at /v2/realtime "
@@ -83,9 +87,14 @@ def _parser() -> argparse.ArgumentParser:
     _add_client_fault_options(serve)
 
     diagrams = commands.add_parser("diagrams", help="write docs/statecharts/*.md from statecharts/*.yaml")
-    diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS, help="output folder")
+    diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS,
+                          help="output folder (default: docs/statecharts of the current directory: run it in the "
+                               "checkout)")
     diagrams.add_argument("--check", action="store_true", help="write nothing; exit 1 if the pages are stale")
     _add_conformance_commands(commands)
+    from stt.transcribe import add_transcribe_command
+
+    add_transcribe_command(commands)
     return parser
 
 
@@ -317,6 +326,10 @@ def main(argv: list[str] | None = None) -> int:
         from stt.conformance.checks import report_command
 
         return report_command(args)
+    if args.command == "transcribe":
+        from stt.transcribe import transcribe_command
+
+        return transcribe_command(args)
     if args.command == "replay":
         from stt.conformance.replay import replay_command
 
@@ -329,9 +342,11 @@ def _serve(argv: list[str] | None) -> int:
     from stt.config import ConfigError
     from stt.logs import configure_logging
     from stt.server import serve, serve_workers
+    from stt.startup import check_startup
 
     try:
         config, settings = _server_config(argv)
+        check_startup(attrs.evolve(config, reuse_port=settings.workers > 1))  # before the engine loads
     except ConfigError as exc:
         print(f"stt: {exc}", file=sys.stderr)
         return 2

@@ -80,12 +80,21 @@ def configure_logging(level: str | int = "info", fmt: str = "auto", stream: Text
     stream = stream if stream is not None else sys.stderr
     handler = logging.StreamHandler(stream)
     handler.setFormatter(formatter_for(fmt, stream))
+    level = level.upper() if isinstance(level, str) else level
+    if level not in ("DEBUG", logging.DEBUG):
+        handler.addFilter(only_stt_below_warning)  # faster-whisper logs a line per decode, httpx one per request
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level.upper() if isinstance(level, str) else level)
+    root.setLevel(level)
     return handler
+
+
+def only_stt_below_warning(record: logging.LogRecord) -> bool:
+    """A handler filter: other libraries' records pass from WARNING up; stt's own at every level. (--log-level
+    debug shows every library's.)"""
+    return record.levelno >= logging.WARNING or record.name == "stt" or record.name.startswith("stt.")
 
 
 def _is_terminal(stream: TextIO) -> bool:

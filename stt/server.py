@@ -501,9 +501,14 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
 
             await nursery.start(accept)
             server.port = _port(listeners[0])
-            url = f"{'wss' if ssl_context else 'ws'}://{config.host}:{server.port}"
+            host = f"[{config.host}]" if ":" in (config.host or "") else config.host  # an IPv6 address, in brackets
+            url = f"{'wss' if ssl_context else 'ws'}://{host}:{server.port}"
             log.info("stt listening on %s (engine %s)", url, engine.name, extra={"url": url, "engine": engine.name})
             _log_session_limit(server)
+            from stt.startup import startup_lines  # (stt.startup imports this module)
+
+            for message, fields in startup_lines(config, url, engine.name, server.admin_port):
+                log.info(message, extra=fields)
             yield server
             nursery.cancel_scope.cancel()
 

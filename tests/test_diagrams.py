@@ -45,3 +45,11 @@ def test_charts_and_pages_cite_the_vendors_pages_not_notes_outside_the_repositor
         assert "protocols.md" not in text and not re.search(r"§\s*\d", text), path.name
     for name in ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix"):
         assert "https://" in load_chart(name).source, name
+
+
+def test_stt_diagrams_writes_into_the_current_directory_not_the_installed_package(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["diagrams"]) == 0
+    written = sorted(p.name for p in (tmp_path / "docs" / "statecharts").iterdir())
+    assert written and all(name.endswith(".md") for name in written)
+    assert main(["diagrams", "--check"]) == 0

