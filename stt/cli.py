@@ -247,11 +247,18 @@ def _serve(argv: list[str] | None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1:
         return serve_workers(config, settings.workers, log_level=settings.log_level, log_format=settings.log_format)
+    from stt.engines.base import EngineError
+
+    failed: list[BaseException] = []
     try:
         trio.run(serve, config)
     except* KeyboardInterrupt:  # trio may deliver it wrapped in an exception group
         logging.getLogger("stt").info("interrupted: server stopped")
-    return 0
+    except* EngineError as group:  # the engine did not load (a missing or damaged model): one line, no traceback
+        failed += group.exceptions
+    for exc in failed:
+        print(f"stt: {exc}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _server_config(argv: list[str] | None):

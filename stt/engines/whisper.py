@@ -25,6 +25,7 @@ local directory, checked against pinned digests (stt.engines.whisper_model).
 
 from __future__ import annotations
 
+import collections
 import os
 import re
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -54,6 +55,19 @@ CUT_TAIL = 0.15  # seconds: a last word that ends this close to a max_delay cut 
 PROMPT_CHARS = 120  # of the last final's text, given as the prompt of an utterance that goes on from a cut
 # Without partials a stream costs its finals only: about a third of the streaming policy's cost.
 FINALS_ONLY_SHARE = 0.35
+PIPELINED_FINALS = 1  # finals a fast stream may have decoding while its audio goes on
+
+
+@attrs.define(eq=False)
+class _PendingFinal:
+    """An utterance's final, queued in the stream's results while it decodes."""
+
+    utterance: Utterance
+    superseding: bool  # partials were on or shown: an empty Final still goes out, to replace them
+    agreement: LocalAgreement  # the utterance's partials so far, for one that comes back while the final decodes
+    done: trio.Event = attrs.field(factory=trio.Event)
+    final: Final | None = None
+    error: BaseException | None = None
 
 
 class LocalAgreement:
@@ -147,42 +161,43 @@ class WhisperStream:
         self._ready: tuple[int, Partial] | None = None  # a partial waiting for the next call
         self._last_text = ""  # the last final's words, the prompt for an utterance that goes on from a cut
         self._began: float | None = None  # wall time of the first audio
+        self._queue: collections.deque = collections.deque()  # results in order, finals still decoding among them
+        self._pending_finals: dict[int, _PendingFinal] = {}  # a fast stream's finals decoding, by utterance
 
     # --- base.EngineStream -----------------------------------------------------------------------------------
 
     async def feed(self, samples: np.ndarray) -> list:
         if self._began is None:
             self._began = trio.current_time()
-        out = self._take_ready()
         results = await self._sphinx.feed(samples) if self._sphinx is not None else []
         sphinx = [r for r in results if isinstance(r, Partial)]  # its finals and speech events are not used
         for item in self._segmenter.items(samples):
             if isinstance(item, Utterance):  # sphinx's partials up to this utterance's end come before its final
                 end = item.end / SAMPLE_RATE + 0.01
-                out += self._two_pass_partial([p for p in sphinx if p.end <= end], item.start)
+                self._queue.extend(self._two_pass_partial([p for p in sphinx if p.end <= end], item.start))
                 sphinx = [p for p in sphinx if p.end > end]
-            out += await self._handle(item)
+            await self._handle(item)
+        # A partial of the current utterance goes after the finals still decoding (a fast stream's), in order.
+        self._queue.extend(self._take_ready())
         current = self._segmenter.current()
         if current is not None:
-            out += self._two_pass_partial(sphinx, current.start)
+            self._queue.extend(self._two_pass_partial(sphinx, current.start))
         self._ask_for_partial()
-        return out
+        return await self._drain()
 
     async def flush(self) -> list:
         self._ready = None
-        out: list = []
         for item in self._segmenter.flush():
-            out += await self._handle(item)
-        return out
+            await self._handle(item)
+        return await self._drain(wait=True)
 
     async def finish(self) -> list:
         self._ready = None
         if self._sphinx is not None:
             await self._sphinx.finish()
-        out: list = []
         for item in self._segmenter.finish():
-            out += await self._handle(item)
-        return out
+            await self._handle(item)
+        return await self._drain(wait=True)
 
     async def configure(self, partials: bool | None = None, max_delay: float | None = None) -> None:
         if partials is not None:
@@ -191,33 +206,81 @@ class WhisperStream:
 
     # --- finals ----------------------------------------------------------------------------------------------
 
-    async def _handle(self, item) -> list:
+    async def _handle(self, item) -> None:
+        """Queue a result: speech events as they are, an utterance's Final once decoded. A real-time stream (and a
+        max_delay cut, whose words decide where the next utterance starts) waits for its final here; a stream
+        that runs ahead of real time goes on while its finals decode (at most PIPELINED_FINALS at once), so its
+        next utterance's audio, and partials, need not wait for them."""
         if isinstance(item, (SpeechStarted, SpeechStopped)):
-            return [item]
+            self._queue.append(item)
+            return
         assert isinstance(item, Utterance)
+        fast = not item.cut and self._fast()
+        if fast:
+            waiting = [p for p in self._queue if isinstance(p, _PendingFinal) and not p.done.is_set()]
+            if len(waiting) >= PIPELINED_FINALS:
+                await waiting[0].done.wait()
+            self._queue.extend(self._take_ready(item.start))  # a partial of it that came meanwhile, before its final
         self._utterance_id += 1  # from here on, a partial of this utterance is stale
         self._ready = None
         self.engine.scheduler.cancel_partial(self)
         self._taken_end = -1
-        speech = self._speech(item)
-        words: tuple[Word, ...] = ()
-        if len(speech.audio):
-            decoded = await self.engine.scheduler.decode_final(speech.audio, speech.start / SAMPLE_RATE,
-                                                               self._options(item, final=True))
-            words = decoded.words
-        end = item.end
-        if item.cut and len(words) > 1 and words[-1].end * SAMPLE_RATE >= item.end - CUT_TAIL * SAMPLE_RATE:
-            # The last word reaches the cut, which may have split it: it goes to the next utterance, whole.
-            end = max(round(words[-1].start * SAMPLE_RATE), item.start + 1)
-            self._segmenter.resume_at(end)
-            words = words[:-1]
-        self._last_text = " ".join(w.text for w in words)
-        self._agreement = LocalAgreement()
+        ended_agreement, self._agreement = self._agreement, LocalAgreement()
         superseding = self._partial_shown or self._partials
         self._partial_shown = False
-        if words or item.forced or superseding:
-            return [Final(words, round(item.start / SAMPLE_RATE, 2), round(end / SAMPLE_RATE, 2), forced=item.forced)]
-        return []
+        pending = _PendingFinal(item, superseding, ended_agreement)
+        self._queue.append(pending)
+        if fast:
+            # A partial of it still decoding may yet go out before this final (decoding beside it), if it ends first.
+            self._pending_finals[self._utterance_id - 1] = pending
+            self.engine.scheduler.start_soon(self._decode_final, pending)
+        else:
+            await self._decode_final(pending)
+
+    async def _decode_final(self, pending: _PendingFinal) -> None:
+        item = pending.utterance
+        try:
+            speech = self._speech(item)
+            words: tuple[Word, ...] = ()
+            if len(speech.audio):
+                decoded = await self.engine.scheduler.decode_final(speech.audio, speech.start / SAMPLE_RATE,
+                                                                   self._options(item, final=True))
+                words = decoded.words
+            end = item.end
+            if item.cut and len(words) > 1 and words[-1].end * SAMPLE_RATE >= item.end - CUT_TAIL * SAMPLE_RATE:
+                # The last word reaches the cut, which may have split it: it goes to the next utterance, whole.
+                end = max(round(words[-1].start * SAMPLE_RATE), item.start + 1)
+                self._segmenter.resume_at(end)
+                words = words[:-1]
+            self._last_text = " ".join(w.text for w in words)
+            if words or item.forced or pending.superseding:
+                pending.final = Final(words, round(item.start / SAMPLE_RATE, 2), round(end / SAMPLE_RATE, 2),
+                                      forced=item.forced)
+        except Exception as exc:
+            pending.error = exc
+        finally:
+            pending.done.set()
+            self._pending_finals = {k: v for k, v in self._pending_finals.items() if v is not pending}
+
+    async def _drain(self, wait: bool = False) -> list:
+        """The queued results up to the first final still decoding (with `wait`: all of them), in order."""
+        out: list = []
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, _PendingFinal):
+                if not head.done.is_set():
+                    if not wait:
+                        break
+                    await head.done.wait()
+                    continue  # a partial of its utterance may have gone in before it meanwhile
+                if head.error is not None:
+                    raise head.error
+                self._queue.popleft()
+                if head.final is not None:
+                    out.append(head.final)
+            else:
+                out.append(self._queue.popleft())
+        return out
 
     @staticmethod
     def _speech(utterance: Utterance) -> Utterance:
@@ -246,12 +309,16 @@ class WhisperStream:
         self._last_partial_end = end
         return [Partial(words, round(start, 2), round(end, 2))]
 
-    def _take_ready(self) -> list:
+    def _take_ready(self, utterance_start: int | None = None) -> list:
+        """The partial that came back since the last call, if it is of the current utterance (or of the one that
+        began at `utterance_start`, just ended)."""
         ready, self._ready = self._ready, None
-        current = self._segmenter.current()
-        if ready is None or ready[0] != self._utterance_id or current is None:
+        if utterance_start is None:
+            current = self._segmenter.current()
+            utterance_start = None if current is None else current.start
+        if ready is None or ready[0] != self._utterance_id or utterance_start is None:
             return []
-        return self._partial(ready[1].words, ready[1].end, current.start)
+        return self._partial(ready[1].words, ready[1].end, utterance_start)
 
     def _two_pass_partial(self, partials: list[Partial], utterance_start: int) -> list:
         """The latest of the streaming recognizer's partials, as a partial of the utterance."""
@@ -281,30 +348,39 @@ class WhisperStream:
         if not due or (fast and trio.current_time() < self._not_before):
             return
         self._pending = True
-        self.engine.scheduler.request_partial(self, self._take(self._utterance_id), self._deliver(self._utterance_id))
+        span = [0, 0]  # the samples the partial decodes: [utterance start, end]
+        self.engine.scheduler.request_partial(self, self._take(self._utterance_id, span),
+                                              self._deliver(self._utterance_id, span))
 
-    def _take(self, utterance_id: int):
+    def _take(self, utterance_id: int, span: list[int]):
         def take() -> tuple | None:
             current = self._segmenter.current()
             if self.closed or not self._partials or utterance_id != self._utterance_id or current is None:
                 self._pending = False
                 return None
             self._taken_end = current.end
+            span[:] = [current.start, current.end]
             return current.audio.copy(), current.start / SAMPLE_RATE, self._options(current, final=False)
 
         return take
 
-    def _deliver(self, utterance_id: int):
+    def _deliver(self, utterance_id: int, span: list[int]):
         def deliver(decoded: Decoded | None) -> None:
             self._pending = False
             if decoded is not None and self._fast():  # its partials keep a decoder FAST_PARTIAL_SHARE of the time
                 self._not_before = trio.current_time() + decoded.seconds * (1 / FAST_PARTIAL_SHARE - 1)
-            current = self._segmenter.current()
-            if (decoded is None or decoded.looped or self.closed or utterance_id != self._utterance_id
-                    or current is None):
+            if decoded is None or decoded.looped or self.closed:
                 return
-            shown = self._agreement.update(decoded.words)
-            self._ready = (utterance_id, Partial(shown, current.start / SAMPLE_RATE, self._taken_end / SAMPLE_RATE))
+            if utterance_id == self._utterance_id:
+                shown = self._agreement.update(decoded.words)
+                self._ready = (utterance_id, Partial(shown, span[0] / SAMPLE_RATE, span[1] / SAMPLE_RATE))
+                return
+            pending = self._pending_finals.get(utterance_id)
+            if pending is not None and not pending.done.is_set() and pending in self._queue:
+                # Its utterance ended while it decoded, and the final is not done: it goes out just before it.
+                late = self._partial(pending.agreement.update(decoded.words), span[1] / SAMPLE_RATE, span[0])
+                if late:
+                    self._queue.insert(self._queue.index(pending), late[0])
 
         return deliver
 

@@ -68,8 +68,8 @@ def verify(model: Path, digests: dict[str, str]) -> None:
             raise EngineError(f"whisper model {model}: {name} is missing (expected SHA-256 {expected})")
         actual = sha256(path)
         if actual != expected:
-            raise EngineError(f"whisper model {model}: {name} differs from the pinned file (SHA-256 {actual}, "
-                              f"expected {expected}): reinstall the model")
+            raise EngineError(f"whisper model {model}: {name} differs from its pinned digest (SHA-256 {actual}, "
+                              f"expected {expected}): reinstall or copy the model again")
 
 
 def check_model(path: str | os.PathLike | None, *, verify_files: bool = True) -> Path:

@@ -142,6 +142,10 @@ class DecodeScheduler:
         self._partials[key] = _PartialRequest(take, deliver)
         self._dispatch()
 
+    def start_soon(self, fn, *args) -> None:
+        """Run `fn(*args)` in the scheduler's nursery (a stream's final that decodes while its audio goes on)."""
+        self._nursery.start_soon(fn, *args)
+
     def cancel_partial(self, key: object) -> None:
         if self._partials.pop(key, None) is not None:
             self.stats.partials_shed += 1

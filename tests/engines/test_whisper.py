@@ -495,3 +495,39 @@ def test_a_looping_decode_is_dropped_as_a_partial_and_decoded_again_at_30_s_as_a
         "print(' '.join(w.text for w in final.words), final.window, final.looped)\n"
     )
     assert lines == ["0 True", "go forward ten meters 30.0 True"]
+
+
+async def test_a_fast_stream_goes_on_while_its_final_decodes_and_gets_its_results_in_order():
+    runner = FakeRunner(hold=True)
+    speech = two_utterances()
+    async with trio.open_nursery() as nursery:
+        engine = WhisperEngine(runner, 2, nursery, "none")
+        async with engine.open_stream(StreamSettings(partials=False, max_delay=10)) as stream:
+            out, fed = [], 0
+            with trio.fail_after(10):
+                while not runner.calls:  # as fast as it takes it, up to the first endpoint
+                    out += await stream.feed(speech[fed:fed + 1600])
+                    fed += 1600
+                    await trio.sleep(0.001)
+                decoding_from = fed
+                while fed < len(speech):  # the rest, the second utterance's speech and endpoint included
+                    out += await stream.feed(speech[fed:fed + 1600])
+                    fed += 1600
+            assert runner.running == 1 and not any(isinstance(r, Final) for r in out)  # the first still decodes
+            assert fed - decoding_from > SR  # ... and more than a second of audio went in meanwhile
+            runner.release(2)
+            out += await stream.finish()
+    check_order(out)
+    assert [type(r).__name__ for r in out] == ["SpeechStarted", "Final", "SpeechStopped"] * 2
+
+
+@pytest.mark.parametrize("delay", [0.02, 0.05, 0.2])
+async def test_a_fast_streams_partials_and_finals_come_once_each_and_in_order_whatever_the_decode_time(delay):
+    runner = FakeRunner(delay=delay)
+    async with trio.open_nursery() as nursery:
+        engine = WhisperEngine(runner, 2, nursery, "redecode")
+        speech = np.concatenate([two_utterances()] * 2)
+        results = await stream_results(engine, speech, StreamSettings(partials=True, max_delay=4), pace=0.002)
+    check_order(results)  # a final repeated would start before the last one's end
+    finals = [(r.start, r.end) for r in results if isinstance(r, Final)]
+    assert len(finals) == len(set(finals)) >= 4
