@@ -215,7 +215,8 @@ class WhisperStream:
             self._queue.append(item)
             return
         assert isinstance(item, Utterance)
-        fast = not item.cut and self._fast()
+        running_ahead = self._fast()
+        fast = not item.cut and running_ahead
         if fast:
             waiting = [p for p in self._queue if isinstance(p, _PendingFinal) and not p.done.is_set()]
             if len(waiting) >= PIPELINED_FINALS:
@@ -230,9 +231,10 @@ class WhisperStream:
         self._partial_shown = False
         pending = _PendingFinal(item, superseding, ended_agreement)
         self._queue.append(pending)
-        if fast:
+        if running_ahead:
             # A partial of it still decoding may yet go out before this final (decoding beside it), if it ends first.
             self._pending_finals[self._utterance_id - 1] = pending
+        if fast:
             self.engine.scheduler.start_soon(self._decode_final, pending)
         else:
             await self._decode_final(pending)

@@ -40,6 +40,8 @@ WINDOW_MARGIN = 1.0  # seconds of padding at least after the audio
 TOKENS_PER_SECOND = 8  # the token cap: MIN_TOKENS + 8 a second of audio (read speech: about 4)
 MIN_TOKENS = 16
 MAX_TOKENS = 220  # Whisper's decoder holds 448 tokens, the prompt included
+PREPEND_PUNCTUATION = "\"'“¿([{-"  # faster-whisper's: joined to the word after
+APPEND_PUNCTUATION = "\"'.。,，!！?？:：”)]}、"  # ... to the word before
 GUARD_TOKENS_PER_SECOND = 5.0  # the guard: more tokens than this a second (+ GUARD_TOKENS_EXTRA) is a loop
 GUARD_TOKENS_EXTRA = 4
 GUARD_REPEATS = 3  # an n-gram this many times in a row is a loop
@@ -141,9 +143,13 @@ class WhisperRunner:
 
     def align(self, encoded, tokens: list[int], content_frames: int, seconds: float) -> list[Word]:
         """Spoken-form words with times (seconds from the utterance's start) and probabilities from `align`."""
+        from faster_whisper.transcribe import merge_punctuations
+
         aligned = self._wm.find_alignment(self._tokenizer, [tokens], encoded, content_frames)
+        alignment = aligned[0] if aligned else []
+        merge_punctuations(alignment, PREPEND_PUNCTUATION, APPEND_PUNCTUATION)  # "Mr" + "." is "Mr.": "mister"
         words: list[Word] = []
-        for w in aligned[0] if aligned else []:
+        for w in alignment:
             texts = spoken_words(w["word"])
             if not texts:  # punctuation on its own
                 continue
