@@ -68,6 +68,8 @@ LAG_LIMIT = 1.5  # the knee: the first N whose p95 final lag exceeds this
 ENDPOINTING = 0.45
 SOURCES = [ROOT / "tests" / "data", ROOT.parent.parent / "shared" / "audio", Path("/work/shared/audio")]
 BASELINE_REV = "e4a025d"
+STARTED = time.monotonic()
+NEW_SHARE = 0.55  # of --time-limit for the new design's rows when the old one runs after it
 
 
 # --- recordings -------------------------------------------------------------------------------------------
@@ -395,6 +397,10 @@ async def bench_design(design: str, tree: Path, ns: list[int], recordings: list[
         print(f"{design}: server ready in {time.monotonic() - began:.1f} s ({tree})", flush=True)
         rows, knee = [], None
         for n in ns:
+            share = NEW_SHARE if design == "new" and len(args.old_ns) else 1.0
+            if time.monotonic() - STARTED + args.seconds + 20 > args.time_limit * share:
+                print(f"{design}: N={n} and beyond skipped: --time-limit {args.time_limit:g} s", flush=True)
+                break
             row = await real_time_row(server, n, recordings, args)
             rows.append(row)
             print(format_row(design, row), flush=True)
@@ -476,6 +482,8 @@ def main(argv: list[str] | None = None) -> int:
                    "dialect's)")
     p.add_argument("--file-recordings", type=int, default=6, help="recordings sent in file mode per design (0: none)")
     p.add_argument("--file-window", type=int, default=10, help="file mode: chunks unacknowledged at most")
+    p.add_argument("--time-limit", type=float, default=560.0, help="start no real-time row after this many seconds "
+                   "of the run (the new design's rows stop at 55 %% of it when the old design runs after them)")
     p.add_argument("--json", type=Path)
     return trio.run(amain, p.parse_args(argv))
 

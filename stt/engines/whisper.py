@@ -7,7 +7,7 @@ instead of Whisper's 30 s, which makes a decode 3–6 times cheaper:
   * Partials ("redecode", the default): the utterance so far is decoded again with a 10 s window, first
     after PARTIAL_FIRST seconds of it, then every PARTIAL_INTERVAL seconds of new audio, counted in AUDIO
     time, so a client that sends faster than real time gets them too (every FAST_PARTIAL_INTERVAL seconds of
-    audio, and a fast stream's partials keep at most FAST_PARTIAL_SHARE of a decoder, so its finals are not
+    audio, and a fast stream's partials cost at most FAST_PARTIAL_SHARE of its finals' decode time, so its finals are not
     held back). A hypothesis the loop guard flags is dropped. What is shown is LocalAgreement-2: the words
     two hypotheses in a row agree on stay as they are (the stable prefix), the newest hypothesis supplies
     the rest. One partial per stream at a time; it decodes the newest audio when a decoder takes it.
@@ -48,7 +48,7 @@ PARTIAL_FIRST = 0.5  # seconds of utterance before its first partial
 PARTIAL_INTERVAL = 0.5  # seconds of new audio between partials (at real time)
 FAST_PARTIAL_INTERVAL = 1.0  # ... for a stream whose audio runs ahead of real time (a file sent as fast as acked)
 FAST_AHEAD = 1.0  # seconds of audio ahead of the wall clock that make a stream "fast"
-FAST_PARTIAL_SHARE = 0.3  # a fast stream's partials keep a decoder at most this share of the wall time
+FAST_PARTIAL_SHARE = 0.2  # a fast stream's partials decode at most this share of its finals' time (after the first)
 MAX_UTTERANCE = 25.0  # seconds: longer max_delay values are lowered to this, so an utterance fits one window
 TWO_PASS_MAX_DELAY = 30.0  # the sphinx partial stream is cut by Whisper's finals, not by its own max_delay
 CUT_TAIL = 0.15  # seconds: a last word that ends this close to a max_delay cut may be cut in two
@@ -157,7 +157,8 @@ class WhisperStream:
         self._agreement = LocalAgreement()
         self._pending = False  # a partial is asked for or decoding
         self._taken_end = -1  # sample end of the audio the last partial decoded (-1: none in this utterance)
-        self._not_before = -float("inf")  # wall time before which a fast stream asks for no partial
+        self._final_seconds = 0.0  # decode time of this stream's finals, and of its partials: a fast stream's budget
+        self._partial_seconds = 0.0
         self._ready: tuple[int, Partial] | None = None  # a partial waiting for the next call
         self._last_text = ""  # the last final's words, the prompt for an utterance that goes on from a cut
         self._began: float | None = None  # wall time of the first audio
@@ -248,6 +249,7 @@ class WhisperStream:
                 decoded = await self.engine.scheduler.decode_final(speech.audio, speech.start / SAMPLE_RATE,
                                                                    self._options(item, final=True))
                 words = decoded.words
+                self._final_seconds += decoded.seconds
             end = item.end
             if item.cut and len(words) > 1 and words[-1].end * SAMPLE_RATE >= item.end - CUT_TAIL * SAMPLE_RATE:
                 # The last word reaches the cut, which may have split it: it goes to the next utterance, whole.
@@ -347,7 +349,8 @@ class WhisperStream:
         else:
             interval = FAST_PARTIAL_INTERVAL if fast else PARTIAL_INTERVAL
             due = current.end - self._taken_end >= interval * SAMPLE_RATE
-        if not due or (fast and trio.current_time() < self._not_before):
+        over_budget = self._partial_seconds > 0 and self._partial_seconds > FAST_PARTIAL_SHARE * self._final_seconds
+        if not due or (fast and over_budget):
             return
         self._pending = True
         span = [0, 0]  # the samples the partial decodes: [utterance start, end]
@@ -369,8 +372,8 @@ class WhisperStream:
     def _deliver(self, utterance_id: int, span: list[int]):
         def deliver(decoded: Decoded | None) -> None:
             self._pending = False
-            if decoded is not None and self._fast():  # its partials keep a decoder FAST_PARTIAL_SHARE of the time
-                self._not_before = trio.current_time() + decoded.seconds * (1 / FAST_PARTIAL_SHARE - 1)
+            if decoded is not None:
+                self._partial_seconds += decoded.seconds
             if decoded is None or decoded.looped or self.closed:
                 return
             if utterance_id == self._utterance_id:
