@@ -2,7 +2,7 @@
 """Word times and confidences of the streaming finals (15 s floor-padded window + `align` on its encoder output)
 against the previous design's (faster-whisper `transcribe`, 30 s zero-padded window, word_timestamps).
 
-    .venv/bin/python bench/bench_word_times.py        # about a minute on 2 quiet cores
+    .venv/bin/python bench/bench_word_times.py [--padding floor|zero] [--window 15]   # a minute on 2 quiet cores
 
 Each recording of tests/data and ../shared/audio is cut into utterances by the engine's segmenter (default
 endpointing, max_delay 25 s) and each utterance decoded both ways. Where both give the same word sequence, the
@@ -54,6 +54,14 @@ def thirty_second_words(runner: WhisperRunner, audio: np.ndarray, start: float):
 
 
 def main() -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--padding", choices=("floor", "zero"), default=None, help="pad the finals' windows so (default: "
+                   "the engine's FINAL_PADDING)")
+    p.add_argument("--window", type=float, default=None, help="the finals' window, seconds (default: the engine's)")
+    args = p.parse_args()
+    options = DecodeOptions(padding=args.padding, window=args.window)
     runner = WhisperRunner(check_model(None), workers=1)
     runner.warm()
     starts, ends, conf_new, conf_old = [], [], [], []
@@ -64,7 +72,7 @@ def main() -> int:
         texts = {"new": [], "old": []}
         for u in utterances(rec.samples):
             t = u.start / 16000
-            new = runner.decode(u.audio, t, DecodeOptions()).words
+            new = runner.decode(u.audio, t, options).words
             old = thirty_second_words(runner, u.audio, t)
             texts["new"] += [w.text for w in new]
             texts["old"] += [w.text for w in old]

@@ -4,8 +4,9 @@
 faster-whisper's `transcribe` pads every decode to Whisper's 30 s (3000 mel frames), so the encoder costs about
 320 ms of a core for tiny.en whatever the utterance's length. CTranslate2 accepts shorter inputs, so here the
 log-mel of the utterance is padded only to a window: `max(audio + 1 s, 10 s)` for a partial, `max(audio + 1 s,
-15 s)` for a final (encoder 37 / 70 ms). The padding is the log-mel floor (normalised max − 2: the value
-openai-whisper's zero *audio* padding gives, which tiny.en was trained on), not faster-whisper's 0.
+15 s)` for a final (encoder 37 / 70 ms). A partial's padding is the log-mel floor (normalised max − 2: the value
+openai-whisper's zero *audio* padding gives, which tiny.en was trained on), a final's faster-whisper's 0
+(measured: see FINAL_PADDING).
 
 Windows shorter than 30 s make tiny.en loop now and then ("Fail again. Fail again. …"): the model repeats the
 utterance to fill the window, confidently, so Whisper's own checks (compression ratio, log-prob) miss it. The
@@ -37,6 +38,14 @@ MAX_FRAMES = 3000  # Whisper's 30 s
 PARTIAL_WINDOW = 10.0  # seconds: the smallest window that rarely loops (engines-research.md Q1)
 FINAL_WINDOW = 15.0
 WINDOW_MARGIN = 1.0  # seconds of padding at least after the audio
+# What pads the log-mel to the window. Partials: the floor (engines-research.md: guarded f10 prefix error 0.100
+# against 0.115 for zeros). Finals: zeros, as faster-whisper pads, measured on the recordings of tests/data and
+# ../shared/audio (173 words, bench/bench_word_times.py --padding): 15 s windows 16 errors with zeros, 21 with
+# the floor (30 s: 16 / 21; the 30 s transcribe of the previous design: 14). The research's 404-word set leaned
+# the other way (f15 29, z15 34); both gaps are within noise, and these are the recordings the issue's WER is
+# measured on.
+PARTIAL_PADDING = "floor"
+FINAL_PADDING = "zero"
 TOKENS_PER_SECOND = 8  # the token cap: MIN_TOKENS + 8 a second of audio (read speech: about 4)
 MIN_TOKENS = 16
 MAX_TOKENS = 220  # Whisper's decoder holds 448 tokens, the prompt included
@@ -55,6 +64,7 @@ class DecodeOptions:
     final: bool = True  # a final: FINAL_WINDOW, aligned words, a loop re-decoded at 30 s; a partial: dropped
     prompt: str = ""  # the text before this audio, when it goes on from a cut
     window: float | None = None  # seconds: overrides the window (benchmarks; 30.0 is the old design's)
+    padding: str | None = None  # "floor" or "zero": overrides FINAL_PADDING / PARTIAL_PADDING (benchmarks)
 
 
 @attrs.frozen
@@ -90,10 +100,10 @@ def window_frames(content_frames: int, window: float) -> int:
     return min(wanted, MAX_FRAMES)
 
 
-def pad_to_window(mel: np.ndarray, frames: int) -> np.ndarray:
-    """The log-mel (n_mels, n) padded (or cut) to `frames` frames with its floor, max − 2 (normalised)."""
-    floor = float(mel.max()) - 2.0 if mel.size else -1.5
-    out = np.full((mel.shape[0], frames), floor, dtype=np.float32)
+def pad_to_window(mel: np.ndarray, frames: int, padding: str = "floor") -> np.ndarray:
+    """The log-mel (n_mels, n) padded (or cut) to `frames` frames with its floor, max − 2 (normalised), or 0."""
+    value = (float(mel.max()) - 2.0 if mel.size else -1.5) if padding == "floor" else 0.0
+    out = np.full((mel.shape[0], frames), value, dtype=np.float32)
     n = min(mel.shape[1], frames)
     out[:, :n] = mel[:, :n]
     return out
@@ -121,10 +131,10 @@ class WhisperRunner:
         mel = self._wm.feature_extractor(audio.astype(np.float32) / 32768.0, padding=0)
         return mel[:, : max(1, len(audio) // (SAMPLE_RATE // FRAMES_PER_SECOND))]
 
-    def encode(self, mel: np.ndarray, frames: int):
+    def encode(self, mel: np.ndarray, frames: int, padding: str = "floor"):
         import ctranslate2
 
-        return self._wm.model.encode(ctranslate2.StorageView.from_array(pad_to_window(mel, frames)[None]),
+        return self._wm.model.encode(ctranslate2.StorageView.from_array(pad_to_window(mel, frames, padding)[None]),
                                      to_cpu=False)
 
     def generate(self, encoded, options: DecodeOptions, seconds: float) -> tuple[list[int], float, bool]:
@@ -169,14 +179,15 @@ class WhisperRunner:
         content = mel.shape[1]
         window = options.window or (FINAL_WINDOW if options.final else PARTIAL_WINDOW)
         frames = window_frames(content, window)
-        encoded = self.encode(mel, frames)
+        padding = options.padding or (FINAL_PADDING if options.final else PARTIAL_PADDING)
+        encoded = self.encode(mel, frames, padding)
         tokens, score, capped = self.generate(encoded, options, seconds)
         looped = looping(self._tokenizer.decode(tokens), len(tokens), seconds, capped)
         if looped and not options.final:
             return Decoded((), looped=True, window=frames / FRAMES_PER_SECOND, seconds=time.monotonic() - began)
         if looped and frames < MAX_FRAMES:  # a final: once more with Whisper's own 30 s window
             frames = MAX_FRAMES
-            encoded = self.encode(mel, frames)
+            encoded = self.encode(mel, frames, padding)
             tokens, score, capped = self.generate(encoded, options, seconds)
         if options.final:
             words = self.align(encoded, tokens, content, seconds)

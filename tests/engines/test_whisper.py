@@ -399,6 +399,7 @@ def test_windows_are_padded_with_the_log_mel_floor_to_at_least_ten_or_fifteen_se
     mel = np.array([[0.5, 1.0], [0.2, -0.5]], np.float32)
     padded = pad_to_window(mel, 5)
     assert padded.shape == (2, 5) and (padded[:, 2:] == -1.0).all() and (padded[:, :2] == mel).all()
+    assert (pad_to_window(mel, 5, "zero")[:, 2:] == 0.0).all()  # faster-whisper's padding, for finals
 
 
 # --- the model: integrity and real decodes --------------------------------------------------------------------
