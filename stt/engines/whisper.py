@@ -65,6 +65,7 @@ class _PendingFinal:
     utterance: Utterance
     superseding: bool  # partials were on or shown: an empty Final still goes out, to replace them
     agreement: LocalAgreement  # the utterance's partials so far, for one that comes back while the final decodes
+    index: int  # the stream's count of utterances, this one included
     done: trio.Event = attrs.field(factory=trio.Event)
     final: Final | None = None
     error: BaseException | None = None
@@ -161,6 +162,7 @@ class WhisperStream:
         self._partial_seconds = 0.0
         self._ready: tuple[int, Partial] | None = None  # a partial waiting for the next call
         self._last_text = ""  # the last final's words, the prompt for an utterance that goes on from a cut
+        self._last_text_index = 0  # ... and which utterance it was
         self._began: float | None = None  # wall time of the first audio
         self._queue: collections.deque = collections.deque()  # results in order, finals still decoding among them
         self._pending_finals: dict[int, _PendingFinal] = {}  # a fast stream's finals decoding, by utterance
@@ -230,7 +232,7 @@ class WhisperStream:
         ended_agreement, self._agreement = self._agreement, LocalAgreement()
         superseding = self._partial_shown or self._partials
         self._partial_shown = False
-        pending = _PendingFinal(item, superseding, ended_agreement)
+        pending = _PendingFinal(item, superseding, ended_agreement, self._utterance_id)
         self._queue.append(pending)
         if running_ahead:
             # A partial of it still decoding may yet go out before this final (decoding beside it), if it ends first.
@@ -256,7 +258,8 @@ class WhisperStream:
                 end = max(round(words[-1].start * SAMPLE_RATE), item.start + 1)
                 self._segmenter.resume_at(end)
                 words = words[:-1]
-            self._last_text = " ".join(w.text for w in words)
+            if pending.index > self._last_text_index:  # a fast stream's finals may end out of order
+                self._last_text, self._last_text_index = " ".join(w.text for w in words), pending.index
             if words or item.forced or pending.superseding:
                 pending.final = Final(words, round(item.start / SAMPLE_RATE, 2), round(end / SAMPLE_RATE, 2),
                                       forced=item.forced)
