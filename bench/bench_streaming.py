@@ -411,6 +411,9 @@ async def bench_design(design: str, tree: Path, ns: list[int], recordings: list[
                 break
         files = []
         for partials in (True, False):
+            if time.monotonic() - STARTED > args.time_limit:
+                print(f"{design}: file mode skipped: --time-limit {args.time_limit:g} s", flush=True)
+                break
             if args.file_recordings:
                 files.append(await file_mode(server, recordings[:args.file_recordings], partials, args))
         return {"rows": rows, "knee": knee, "file": files}
