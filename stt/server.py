@@ -242,7 +242,7 @@ class Server:
         self.handshakes = PendingHandshakes(config.handshakes)  # connections not upgraded yet (_serve_stream)
         self.file_buffers = FileBuffers(config.max_file_buffer_bytes)  # shared by the sessions' decoders
         #: The limit on sessions at once in force (0: none): config.max_sessions, or for AUTO the engine's capacity.
-        self.max_sessions = session_limit(config.max_sessions, getattr(engine, "capacity", None))
+        self.max_sessions = session_limit(config.max_sessions, engine.capacity)
         #: Who may have a session and how many at once (the key check, max_sessions, max_sessions_per_key).
         self.admission = Admission(self.keys.allows, self.max_sessions, config.max_sessions_per_key,
                                    limit_source="what the engine serves" if config.max_sessions == AUTO else "")
@@ -516,7 +516,7 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
 def _log_session_limit(server: Server) -> None:
     """Say at start-up how many sessions the server admits at once, and where the number comes from."""
     limit, asked = server.max_sessions, server.config.max_sessions
-    capacity = getattr(server.engine, "capacity", None)
+    capacity = server.engine.capacity
     if asked == AUTO:
         source = (f"auto: the capacity of the {server.engine.name} engine" if capacity
                   else f"auto: the {server.engine.name} engine's capacity is not known")
