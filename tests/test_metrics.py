@@ -191,7 +191,7 @@ class SlowStream:
 class SlowEngine:
     """The scripted engine, taking `delay` seconds per feed."""
 
-    name, sample_rate = "slow", 16000
+    name, sample_rate, capacity = "slow", 16000, None
 
     def __init__(self, delay: float):
         self.delay = delay

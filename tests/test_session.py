@@ -72,6 +72,7 @@ class GatedEngine:
     fed: list = attrs.field(factory=list)
     name: str = "gated"
     sample_rate: int = 16000
+    capacity: int | None = None
 
     @asynccontextmanager
     async def open_stream(self, settings):

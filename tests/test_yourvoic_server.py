@@ -249,6 +249,7 @@ class DeafStream:
 class DeafEngine:
     name: str = "deaf"
     sample_rate: int = 16000
+    capacity: int | None = None
     fed: list = attrs.field(factory=list)
     settings: list = attrs.field(factory=list)
 
