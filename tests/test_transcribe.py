@@ -226,7 +226,7 @@ def test_errors_exit_non_zero_with_one_line(tmp_path):
 
 
 def test_a_session_the_server_ends_with_an_error_exits_1_saying_why():
-    with stt_serve("--engine", "scripted") as server:
+    with stt_serve("--engine", "scripted", "--allow-client-faults") as server:
         done = run_stt("transcribe", str(SPEECH), "--url", server["url"] + "/v2?stt_fault=error=quota_exceeded")
         refused = run_stt("transcribe", str(SPEECH), "--url", server["url"] + "/nowhere")
     assert done.returncode == 1, done.err
