@@ -458,6 +458,8 @@ async def attack_churn(a: Attack) -> None:
             tickets[0] += 1
             sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_STREAM)
             try:
+                if args.attacker_address:
+                    await sock.bind((args.attacker_address, 0))
                 with trio.fail_after(5):
                     await sock.connect((HOST, a.port))
                 done[0] += 1
@@ -491,7 +493,7 @@ async def attack_slowloris(a: Attack) -> None:
     async def loris() -> None:
         try:
             with trio.fail_after(10):
-                stream = await trio.open_tcp_stream(HOST, a.port)
+                stream = await trio.open_tcp_stream(HOST, a.port, local_address=args.attacker_address or None)
         except (OSError, trio.TooSlowError) as exc:
             a.outcomes[f"connect: {outcome_of(exc)}"] += 1
             return
@@ -807,6 +809,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--churn-concurrency", type=int, default=8, help="cycles under way at once (8)")
     p.add_argument("--slowloris-connections", type=int, default=200, help="connections (200)")
     p.add_argument("--slowloris-seconds", type=float, default=20.0, help="how long they trickle (20)")
+    p.add_argument("--attacker-address", default="127.0.0.2", metavar="ADDR",
+                   help="loopback source address of the churn and slowloris connections, so that the good client "
+                        "(127.0.0.1) comes from another address, as from another host; '' for 127.0.0.1 too, "
+                        "where the server's per-address handshake cap refuses the good client along with the attack "
+                        "(127.0.0.2)")
     p.add_argument("--slowloris-interval", type=float, default=1.0, help="seconds between bytes (1)")
     p.add_argument("--silent-sessions", type=int, default=2, help="silent sessions (2)")
     p.add_argument("--silent-fault-sessions", type=int, default=2,
