@@ -126,13 +126,17 @@ class StallingSendStream(trio.abc.SendStream):
         await self.inner.aclose()
 
 
-async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(autojump_clock):
+def session_with_a_peer_that_stalls(stalling: type[StallingSendStream]):
+    """A session whose client stops reading after 2000 bytes, the way `stalling` says; send timeout 10 s."""
     to_client_send, to_client_recv = trio.testing.memory_stream_one_way_pair()
     to_server_send, to_server_recv = trio.testing.memory_stream_one_way_pair()
-    server_stream = trio.StapledStream(StallingSendStream(to_client_send, limit=2000), to_server_recv)
+    server_stream = trio.StapledStream(stalling(to_client_send, limit=2000), to_server_recv)
     client_stream = trio.StapledStream(to_server_send, to_client_recv)
-    async with session_pair(limits=SessionLimits(send_timeout=10), streams=(client_stream, server_stream)) as (
-            server, ws):
+    return session_pair(limits=SessionLimits(send_timeout=10), streams=(client_stream, server_stream))
+
+
+async def test_a_client_that_stops_reading_is_dropped_after_the_send_timeout(autojump_clock):
+    async with session_with_a_peer_that_stalls(StallingSendStream) as (server, ws):
         await ws.send_message(start_message())
         for _ in range(200):  # the client sends and never reads
             await ws.send_message(silence(0.02))
@@ -158,12 +162,7 @@ class StallingOnceSendStream(StallingSendStream):
 async def test_a_client_dropped_for_not_reading_is_not_told_the_session_closed_normally(autojump_clock):
     """The server counts such a session as dropped (1006): the client must see the connection drop too, not a
     Close 1000 that says all went well (found by bench/bench_abuse.py: three FLAC bombs starved a good client)."""
-    to_client_send, to_client_recv = trio.testing.memory_stream_one_way_pair()
-    to_server_send, to_server_recv = trio.testing.memory_stream_one_way_pair()
-    server_stream = trio.StapledStream(StallingOnceSendStream(to_client_send, limit=2000), to_server_recv)
-    client_stream = trio.StapledStream(to_server_send, to_client_recv)
-    async with session_pair(limits=SessionLimits(send_timeout=10), streams=(client_stream, server_stream)) as (
-            server, ws):
+    async with session_with_a_peer_that_stalls(StallingOnceSendStream) as (server, ws):
         await ws.send_message(start_message())
         for _ in range(200):
             await ws.send_message(silence(0.02))
