@@ -248,8 +248,13 @@ def main(argv: list[str] | None = None) -> int:
     frame_s = args.frame_ms / 1000.0
     t_build = time.perf_counter()
     inputs = {}
-    for name in names:
-        data, fmt, rate, channels, per_second = FORMATS[name][1](speech)
+    for name in list(names):
+        try:
+            data, fmt, rate, channels, per_second = FORMATS[name][1](speech)
+        except av.codec.codec.UnknownCodecError as exc:  # PyAV >= 18.1.1 wheels ship no AMR-NB encoder
+            say(f"skipped {name}: this PyAV ({av.__version__}) has no encoder {exc}")
+            names.remove(name)
+            continue
         if per_second:
             frame_bytes = max(1, int(round(per_second * frame_s)))
         else:
