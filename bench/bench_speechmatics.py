@@ -116,7 +116,7 @@ class ServerProcess:
     """A server in its own session (process group), logging to a file; stopped with SIGINT, then killed."""
 
     def __init__(self, engine: str, port: int, log_path: Path, profile: Path | None = None,
-                 extra: list[str] = ()):
+                 extra: list[str] = (), *, cwd: Path = ROOT, env: dict | None = None):
         self.engine, self.port, self.log_path = engine, port, log_path
         if engine == "bare":
             cmd = [str(Path(__file__).resolve()), "--bare-server", str(port)]
@@ -129,7 +129,7 @@ class ServerProcess:
             cmd = ["-m", "cProfile", "-o", str(profile)] + cmd
         cmd = [sys.executable] + cmd
         self._log = open(log_path, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, stdout=self._log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, start_new_session=True)
         self.leftovers: list[str] = []
 

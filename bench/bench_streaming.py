@@ -42,8 +42,6 @@ import argparse
 import json
 import math
 import os
-import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -60,7 +58,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from bench.processes import HOST, free_port, stop_group, system_busy_seconds  # noqa: E402
+from bench.bench_speechmatics import ServerProcess, tree_cpu_seconds  # noqa: E402
+from bench.processes import HOST, free_port, system_busy_seconds  # noqa: E402
 from stt.wer import edit_distance, normalize  # noqa: E402
 
 RATE = 16000
@@ -108,40 +107,16 @@ def load_recordings() -> list[Recording]:
 # --- servers ----------------------------------------------------------------------------------------------
 
 
-class Server:
-    """`stt serve --engine whisper` of a source tree, in its own process group."""
+class Server(ServerProcess):
+    """`stt serve --engine whisper` of a source tree (its own stt package first on the path), in its own process
+    group, with 2 decoders and no session limit."""
 
     def __init__(self, tree: Path, log: Path, extra: list[str]) -> None:
-        self.port = free_port()
-        env = dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1")
-        cmd = [sys.executable, "-m", "stt", "serve", "--engine", "whisper", "--host", HOST, "--port",
-               str(self.port), "--decode-workers", "2", "--max-sessions", "1000", "--log-level", "warning", *extra]
-        self._log = open(log, "wb")
-        self.proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=self._log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
-
-    def wait_ready(self, timeout: float = 180.0) -> bool:
-        import socket
-
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                return False
-            try:
-                with socket.create_connection((HOST, self.port), timeout=0.5):
-                    return True
-            except OSError:
-                time.sleep(0.2)
-        return False
+        super().__init__("whisper", free_port(), log, extra=["--decode-workers", "2", *extra], cwd=tree,
+                         env=dict(os.environ, PYTHONPATH=str(tree), OPENBLAS_NUM_THREADS="1"))
 
     def cpu(self) -> float:
-        from bench.bench_speechmatics import tree_cpu_seconds
-
         return tree_cpu_seconds(self.proc.pid)
-
-    def stop(self) -> None:
-        stop_group(self.proc, 15.0)
-        self._log.close()
 
 
 def export_tree(rev: str, into: Path) -> Path:
@@ -391,7 +366,7 @@ async def bench_design(design: str, tree: Path, ns: list[int], recordings: list[
     server = Server(tree, logdir / f"{design}.log", extra)
     began = time.monotonic()
     try:
-        if not await trio.to_thread.run_sync(server.wait_ready):
+        if not await trio.to_thread.run_sync(server.wait_ready, 180.0):
             print(f"{design}: the server did not start; log: {logdir / f'{design}.log'}", flush=True)
             return {"rows": [], "file": [], "error": "did not start"}
         print(f"{design}: server ready in {time.monotonic() - began:.1f} s ({tree})", flush=True)

@@ -10,6 +10,7 @@ server counted as the client's own close."""
 from __future__ import annotations
 
 import collections
+import contextlib
 import json
 import os
 import re
@@ -352,25 +353,38 @@ def _limit_fds() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
-def test_stt_serve_with_fewer_fds_than_connect_and_close_cycles_still_serves_a_client():
-    """The issue's scenario through the installed command: `stt serve` with a 96-fd limit, 600 connect-and-close
-    cycles (and 100 plain HTTP requests), then a well-behaved client must still get its session. Old code: the
-    fds ran out after some 90 cycles and new clients timed out for a minute."""
+@contextlib.contextmanager
+def stt_serve_with_few_fds(*options: str):
+    """`stt serve --engine scripted --port 0 OPTIONS` with FD_LIMIT descriptors (killed after 90 s at the latest):
+    yields (server, port, lines), `lines` filled with its output as it comes. The caller stops it (SIGINT)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STT_")}
-    server = subprocess.Popen(
-        ["stt", "serve", "--engine", "scripted", "--port", "0", "--handshake-timeout", "5"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_limit_fds)
+    server = subprocess.Popen(["stt", "serve", "--engine", "scripted", "--port", "0", *options],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
+                              preexec_fn=_limit_fds)
     watchdog = threading.Timer(90, server.kill)
     watchdog.start()
     lines: list[str] = []
+    reader = None
     try:
         while not (match := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", lines[-1] if lines else "")):
             line = server.stdout.readline()
             assert line, "".join(lines)
             lines.append(line)
-        port = int(match[1])
         reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
         reader.start()
+        yield server, int(match[1]), lines
+    finally:
+        watchdog.cancel()
+        server.kill()
+        if reader is not None:
+            reader.join(5)
+
+
+def test_stt_serve_with_fewer_fds_than_connect_and_close_cycles_still_serves_a_client():
+    """The issue's scenario through the installed command: `stt serve` with a 96-fd limit, 600 connect-and-close
+    cycles (and 100 plain HTTP requests), then a well-behaved client must still get its session. Old code: the
+    fds ran out after some 90 cycles and new clients timed out for a minute."""
+    with stt_serve_with_few_fds("--handshake-timeout", "5") as (server, port, lines):
         started, answers = time.monotonic(), collections.Counter()
         for i in range(700):
             with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
@@ -395,10 +409,6 @@ def test_stt_serve_with_fewer_fds_than_connect_and_close_cycles_still_serves_a_c
               "the client was served after them")
         server.send_signal(signal.SIGINT)
         server.wait(timeout=20)
-        reader.join(5)
-    finally:
-        watchdog.cancel()
-        server.kill()
     log = "".join(lines)
     assert server.returncode == 0, log
     assert "Traceback" not in log and "EMFILE" not in log
@@ -408,45 +418,30 @@ def test_stt_serve_out_of_fds_says_so_once_not_ten_times_a_second_and_recovers()
     """More upgraded sessions than the server has file descriptors: trio's accept loop retries every 0.1 s and
     logged each retry, with a traceback (old code: some 10 lines a second); now one line says what is wrong and
     what to do, and once the sessions close, a new client is served."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("STT_")}
-    server = subprocess.Popen(["stt", "serve", "--engine", "scripted", "--port", "0"], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, env=env, preexec_fn=_limit_fds)
-    watchdog = threading.Timer(90, server.kill)
-    watchdog.start()
-    lines: list[str] = []
     clients: list[socket.socket] = []
-    try:
-        while not (match := re.search(r"listening on ws://127\.0\.0\.1:(\d+)", lines[-1] if lines else "")):
-            line = server.stdout.readline()
-            assert line, "".join(lines)
-            lines.append(line)
-        port = int(match[1])
-        reader = threading.Thread(target=lambda: lines.extend(server.stdout), daemon=True)
-        reader.start()
-        for _ in range(FD_LIMIT + 40):  # each upgraded session holds a descriptor until it ends
-            sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-            sock.sendall(UPGRADE.format(path="/v2").encode())
-            clients.append(sock)
-        time.sleep(3)  # some 30 retries of the accept loop
-        retries = [line for line in lines if "accept returned" in line]
-        assert 1 <= len(retries) <= 2, "".join(retries)
-        assert "ulimit -n" in retries[0] and "Traceback" not in "".join(lines)
-        for sock in clients:
-            sock.close()
-        clients.clear()
+    with stt_serve_with_few_fds() as (server, port, lines):
+        try:
+            for _ in range(FD_LIMIT + 40):  # each upgraded session holds a descriptor until it ends
+                sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+                sock.sendall(UPGRADE.format(path="/v2").encode())
+                clients.append(sock)
+            time.sleep(3)  # some 30 retries of the accept loop
+            retries = [line for line in lines if "accept returned" in line]
+            assert 1 <= len(retries) <= 2, "".join(retries)
+            assert "ulimit -n" in retries[0] and "Traceback" not in "".join(lines)
+            for sock in clients:
+                sock.close()
+            clients.clear()
 
-        async def client():
-            with trio.fail_after(20):
-                async with open_websocket_url(f"ws://127.0.0.1:{port}/v2") as ws:
-                    await ws.send_message(start_message())
-                    return json.loads(await ws.get_message())["message"]
-        assert trio.run(client) == "RecognitionStarted"
-        server.send_signal(signal.SIGINT)
-        server.wait(timeout=30)
-        reader.join(5)
-    finally:
-        watchdog.cancel()
-        for sock in clients:
-            sock.close()
-        server.kill()
+            async def client():
+                with trio.fail_after(20):
+                    async with open_websocket_url(f"ws://127.0.0.1:{port}/v2") as ws:
+                        await ws.send_message(start_message())
+                        return json.loads(await ws.get_message())["message"]
+            assert trio.run(client) == "RecognitionStarted"
+            server.send_signal(signal.SIGINT)
+            server.wait(timeout=30)
+        finally:
+            for sock in clients:
+                sock.close()
     assert server.returncode == 0, "".join(lines)

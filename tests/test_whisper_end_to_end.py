@@ -6,16 +6,15 @@ client that streams at real time; a damaged model stops `stt serve` with one lin
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 import trio
 
-from stt.engines.whisper_model import BUNDLED_DIGESTS, default_model
+from stt.engines.whisper_model import BUNDLED_DIGESTS
 from stt.wer import edit_distance, normalize
+from tests.engines.test_whisper import copy_of_the_model
 from tests.helpers import DATA, REFERENCES, REF_ROWS, connect, receive_all, running_server, start_message, wait_until
 from tests.test_end_to_end import final_text, transcribe_with_the_vendor_client
 from tests.test_vblaze_end_to_end import check_transcript, transcribe
@@ -109,13 +108,7 @@ async def test_a_client_streaming_at_real_time_gets_partials_while_it_speaks():
 
 
 def test_stt_serve_refuses_a_model_whose_files_differ_from_their_digests_naming_the_file(tmp_path):
-    model = tmp_path / "tiny.en"
-    model.mkdir()
-    for name in BUNDLED_DIGESTS:
-        if name == "model.bin":
-            (model / name).symlink_to(default_model() / name)
-        else:
-            shutil.copy(default_model() / name, model / name)
+    model = copy_of_the_model(tmp_path)
     (model / "SHA256SUMS").write_text("".join(f"{d}  {n}\n" for n, d in BUNDLED_DIGESTS.items()))
     (model / "tokenizer.json").write_bytes((model / "tokenizer.json").read_bytes()[:-10])  # truncated
     stt = os.path.join(os.path.dirname(sys.executable), "stt")
