@@ -29,6 +29,7 @@ from trio_websocket import ConnectionRejected, open_websocket_url
 
 from stt.server import HandshakeLimits, _AcceptErrorSummary
 from tests.helpers import receive_all, running_server, silence, start_message, wait_until
+from tests.serve_process import STT
 from tests.test_tls import certificate  # noqa: F401 - the fixture
 
 UPGRADE = ("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
@@ -133,7 +134,7 @@ def test_the_handshake_limits_are_options_of_stt_serve_with_help_env_and_toml(tm
     from stt.config import ConfigError, resolve, server_config
     from stt.server import DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_ADDRESS
 
-    help_text = " ".join(subprocess.run(["stt", "serve", "--help"], capture_output=True, text=True,
+    help_text = " ".join(subprocess.run([STT, "serve", "--help"], capture_output=True, text=True,
                                         check=True).stdout.split())
     assert "--handshake-timeout SECONDS time a new connection has to complete its upgrade request (default: 10)" \
         in help_text
@@ -358,7 +359,7 @@ def stt_serve_with_few_fds(*options: str):
     """`stt serve --engine scripted --port 0 OPTIONS` with FD_LIMIT descriptors (killed after 90 s at the latest):
     yields (server, port, lines), `lines` filled with its output as it comes. The caller stops it (SIGINT)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("STT_")}
-    server = subprocess.Popen(["stt", "serve", "--engine", "scripted", "--port", "0", *options],
+    server = subprocess.Popen([STT, "serve", "--engine", "scripted", "--port", "0", *options],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
                               preexec_fn=_limit_fds)
     watchdog = threading.Timer(90, server.kill)
