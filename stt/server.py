@@ -339,7 +339,8 @@ async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
     async with open_admin(config.admin_host, config.admin_port) as admin, \
             open_engine(config.engine, workers=config.decode_workers, **config.engine_options) as engine:
         server = Server(config, engine)
-        server.admin_port, admin.server = admin.port, server  # the admin port is up while the engine loads
+        server.admin_port = admin.port
+        admin.serve(server.readiness, server.metrics.exposition)  # the admin port is up while the engine loads
         async with trio.open_nursery() as nursery:  # connections run here: closing the listeners leaves them be
             listeners = await open_tcp_listeners(config.host, config.port, reuse_port=config.reuse_port)
             if ssl_context is not None:
