@@ -15,13 +15,10 @@ from __future__ import annotations
 
 import logging
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, AsyncIterator
+from typing import AsyncIterator, Callable
 
 import h11
 import trio
-
-if TYPE_CHECKING:
-    from stt.server import Server
 
 log = logging.getLogger("stt.admin")
 
@@ -31,11 +28,19 @@ _TEXT = "text/plain; charset=utf-8"
 
 
 class Admin:
-    """The admin routes, answered from the server once there is one (the port opens before the engine loads)."""
+    """The admin routes, answered from the server once there is one (the port opens before the engine loads):
+    `serve` gives them what they read from it."""
 
     def __init__(self):
-        self.server: Server | None = None
+        #: Why the server would not take a new session now, or None when it would (the server's readiness)
+        self.readiness: Callable[[], str | None] | None = None  # None: no server yet, the engine is loading
+        #: The server's metrics in the Prometheus text format, and its content type
+        self.metrics: Callable[[], tuple[bytes, str]] | None = None
         self.port: int | None = None  # the bound port, when the admin port is open
+
+    def serve(self, readiness: Callable[[], str | None], metrics: Callable[[], tuple[bytes, str]]) -> None:
+        """Answer /readyz from `readiness` and /metrics from `metrics` from now on (the server is up)."""
+        self.readiness, self.metrics = readiness, metrics
 
     def respond(self, method: str, target: str) -> tuple[int, str, bytes]:
         """(status, content type, body) for a request."""
@@ -44,15 +49,14 @@ class Admin:
             return 404, _TEXT, f"not found: {path}; try /healthz, /readyz or /metrics\n".encode()
         if method not in ("GET", "HEAD"):
             return 405, _TEXT, b"only GET (and HEAD)\n"
-        server = self.server
         if path == "/healthz":
             return 200, _TEXT, b"ok\n"
         if path == "/readyz":
-            why = "the engine is loading" if server is None else server.readiness()
+            why = "the engine is loading" if self.readiness is None else self.readiness()
             return (200, _TEXT, b"ready\n") if why is None else (503, _TEXT, f"not ready: {why}\n".encode())
-        if server is None:
+        if self.metrics is None:
             return 503, _TEXT, b"the engine is loading\n"
-        body, content_type = server.metrics.exposition()
+        body, content_type = self.metrics()
         return 200, content_type, body
 
 
@@ -126,7 +130,7 @@ def h11_reason(status: int) -> str:
 @asynccontextmanager
 async def open_admin(host: str, port: int | None) -> AsyncIterator[Admin]:
     """Serve the admin routes on host:port until the block exits (port None: none; 0: a free port, then in
-    `admin.port`). Set `admin.server` once the server exists."""
+    `admin.port`). Call `admin.serve` once the server exists."""
     admin = Admin()
     if port is None:
         yield admin

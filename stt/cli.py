@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from stt import __version__
+from stt.dialects import DIALECT_PATHS
 from stt.engines import ENGINE_NAMES
 from stt.engines.whisper import PARTIAL_MODES
 from stt.logs import LOG_FORMATS
@@ -22,10 +23,6 @@ from stt.session import SessionLimits
 #: `stt diagrams` writes here by default: docs/statecharts of the current directory (the checkout it is run in),
 #: never the installed package's folder (site-packages, when stt is not installed editable).
 DEFAULT_DOCS = Path("docs") / "statecharts"
-#: The dialects by path, for `stt serve --help` (tests/test_cli.py routes each path to its dialect).
-DIALECT_PATHS = ("Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, VoiceRun Transcribe at /ws, "
-                 "YourVoic at /api/v1/stt/realtime/stream, Voci V-Blaze at /transcribe, Scriptix at /v2/realtime "
-                 "(microphone mode) and /v2/client/<token>?url=<audio URL> (stream mode).")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,7 +205,7 @@ def _add_limits_and_admin_options(serve: argparse.ArgumentParser) -> None:
 
 
 def _add_handshake_options(serve: argparse.ArgumentParser) -> None:
-    from stt.server import HandshakeLimits, open_file_limit
+    from stt.transport import HandshakeLimits, open_file_limit
 
     limits = HandshakeLimits()
     group = serve.add_argument_group(
@@ -343,8 +340,9 @@ def main(argv: list[str] | None = None) -> int:
 def _serve(argv: list[str] | None) -> int:
     from stt.config import ConfigError
     from stt.logs import configure_logging
-    from stt.server import serve, serve_workers
+    from stt.server import serve
     from stt.startup import check_startup
+    from stt.workers import serve_workers
 
     try:
         config, settings = _server_config(argv)

@@ -35,8 +35,9 @@ from typing import Any
 
 import attrs
 
-from stt.server import HandshakeLimits, KeyRing, ServerConfig, tls_context
 from stt.session import SessionLimits
+from stt.settings import KeyRing, ServerConfig
+from stt.transport import HandshakeLimits, tls_context
 
 ENV_PREFIX = "STT_"
 CONFIG_ENV = "STT_CONFIG"  # the TOML file, when --config is not given

@@ -417,7 +417,7 @@ class Session:
                 self._end("idle_timeout", f"{self.limits.idle_timeout:g} s without a message")
         except ConnectionClosed as exc:
             code = exc.reason.code if exc.reason else 1006
-            failure = getattr(self.ws, "protocol_error", None)  # stt.server's connection: a frame broke RFC 6455
+            failure = getattr(self.ws, "protocol_error", None)  # stt.transport's connection: a frame broke RFC 6455
             if failure is not None:
                 self._end("invalid_utf8" if failure[0] == 1007 else "protocol_error", failure[1])
             elif code == 1009 and self.ws.closed is not None and "maximum message size" in (exc.reason.reason or ""):

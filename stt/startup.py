@@ -17,7 +17,7 @@ import socket
 from pathlib import Path
 
 from stt.config import ConfigError
-from stt.server import ServerConfig
+from stt.settings import ServerConfig
 
 #: Each dialect's path (and the other paths it serves), for the start-up block.
 DIALECT_URLS = (

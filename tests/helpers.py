@@ -16,8 +16,9 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
-from stt.server import Server, ServerConfig, open_server
+from stt.server import Server, open_server
 from stt.session import SessionLimits
+from stt.settings import ServerConfig
 
 #: The recordings in tests/data, and their reference transcripts (refs.tsv: id, file, category, source,
 #: confidence, text).

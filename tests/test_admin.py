@@ -1,6 +1,7 @@
 """The admin port over real localhost sockets: /healthz, /readyz (and what turns it to 503), /metrics, and the
 HTTP it does not serve (other paths, other methods, oversized or slow requests)."""
 
+import ast
 import time
 from contextlib import asynccontextmanager
 
@@ -131,6 +132,23 @@ async def test_each_server_has_its_own_metrics():
         assert series in (await get(a.admin_port, "/metrics"))[2]
         assert series not in (await get(b.admin_port, "/metrics"))[2]
 
+
+async def test_the_admin_port_answers_from_the_two_callables_it_is_given_and_needs_no_server():
+    """stt.admin knows nothing of stt.server: it answers /readyz and /metrics from what `serve` hands it."""
+    why: list[str | None] = ["draining for a test"]
+    async with open_admin("127.0.0.1", 0) as admin:
+        assert (await get(admin.port, "/readyz"))[0::2] == (503, b"not ready: the engine is loading\n")
+        admin.serve(lambda: why[0], lambda: (b"a_metric 1.0\n", "text/plain; version=0.0.4"))
+        assert (await get(admin.port, "/readyz"))[0::2] == (503, b"not ready: draining for a test\n")
+        why[0] = None
+        assert (await get(admin.port, "/readyz"))[0::2] == (200, b"ready\n")
+        status, headers, body = await get(admin.port, "/metrics")
+        assert (status, headers["content-type"], body) == (200, "text/plain; version=0.0.4", b"a_metric 1.0\n")
+    tree = ast.parse(open(stt.admin.__file__).read())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        f"{n.module}.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert "stt.server" not in imported, imported  # not even under TYPE_CHECKING
 
 @pytest.mark.parametrize("request_bytes, status", [
     (b"GET /nowhere HTTP/1.1\r\nHost: x\r\n\r\n", 404),

@@ -13,8 +13,9 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
-from stt.server import Server, ServerConfig
+from stt.server import Server
 from stt.session import SessionLimits
+from stt.settings import ServerConfig
 from tests.helpers import (connect, connect_in_memory, frames_of, running_server, silence, start_message,
                            wait_until)
 
@@ -425,7 +426,7 @@ async def test_a_start_message_key_over_its_limit_gives_its_count_back():
 
 
 def test_auto_is_the_engines_capacity_a_number_is_itself_and_0_or_an_unknown_capacity_no_limit():
-    from stt.server import session_limit
+    from stt.settings import session_limit
 
     assert [session_limit("auto", 4), session_limit("auto", None), session_limit(7, 4), session_limit(0, 4)] == \
         [4, 0, 7, 0]

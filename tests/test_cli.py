@@ -64,7 +64,7 @@ def test_a_bad_setting_stops_stt_serve_before_it_starts_naming_it(capsys, tmp_pa
 
 
 def test_serve_help_names_a_path_of_every_dialect_and_each_path_routes_to_its_dialect():
-    from stt.cli import DIALECT_PATHS
+    from stt.dialects import DIALECT_PATHS
     from stt.dialects import DIALECTS, dialect_for
 
     paths = [p.rstrip(",.") for p in DIALECT_PATHS.split() if p.startswith("/")]

@@ -10,7 +10,8 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 
 from stt.cli import _parser
 from stt.config import ConfigError, options_of, resolve, server_config
-from stt.server import KeyRing, ServerConfig, open_server
+from stt.server import open_server
+from stt.settings import KeyRing, ServerConfig
 from tests.helpers import kinds, receive_all, start_message
 
 

@@ -63,8 +63,9 @@ from hypothesis import HealthCheck, given, settings
 from trio_websocket import ConnectionClosed, ConnectionRejected, connect_websocket
 
 from stt.dialects import DIALECTS
-from stt.server import ServerConfig, open_server
+from stt.server import open_server
 from stt.session import SessionLimits
+from stt.settings import ServerConfig
 from stt.statechart import load_chart
 from tests.fuzz_frames import (
     API_KEY,

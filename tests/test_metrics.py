@@ -15,8 +15,9 @@ from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
 from stt.events import Final, Partial, Word
 from stt.metrics import LagClock, Metrics
-from stt.server import Server, ServerConfig
+from stt.server import Server
 from stt.session import SessionLimits
+from stt.settings import ServerConfig
 from tests.helpers import connect, frames_of, receive_all, running_server, silence, start_message, wait_until
 from tests.test_admin import get
 

@@ -340,7 +340,7 @@ async def served(server) -> None:
 async def test_a_client_that_keeps_sending_while_the_server_closes_gets_its_close(frames, code, caplog):
     """trio-websocket 0.12 (its issue #184) answers a ping or an oversized frame even after the server's close
     frame, which wsproto refuses: the error stopped the server (found by tests/test_fuzz.py), then, caught,
-    dropped the connection; stt.server's connection does not answer them once it has closed."""
+    dropped the connection; stt.transport's connection does not answer them once it has closed."""
     async with running_server(limits=SessionLimits(max_message_bytes=64 * 1024)) as server:
         for _ in range(3):
             path = "/v2/realtime" if frames[0].startswith('{"action"') else "/v2"

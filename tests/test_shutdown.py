@@ -24,7 +24,8 @@ from stt.dialects.base import Handshake, render_shutting_down
 from stt.engines.inline_host import InlineEngine
 from stt.events import ShuttingDown
 from stt.engines.scripted import ScriptedRecognizer
-from stt.server import DRAIN, NOW, Server, ServerConfig, _serve_until_stopped, open_server, shut_down
+from stt.server import DRAIN, NOW, Server, _serve_until_stopped, open_server, shut_down
+from stt.settings import ServerConfig
 from tests.helpers import connect_in_memory, kinds, receive_all, silence, start_message, wait_until
 
 END_OF_STREAM = json.dumps({"message": "EndOfStream", "last_seq_no": 1})

@@ -12,7 +12,8 @@ from trio_websocket import open_websocket_url
 
 from stt.cli import _parser
 from stt.config import ConfigError, resolve, server_config
-from stt.server import ServerConfig, open_server
+from stt.server import open_server
+from stt.settings import ServerConfig
 from tests.helpers import frames_of, kinds, receive_all, silence, start_message
 
 

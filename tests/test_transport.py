@@ -27,7 +27,7 @@ import pytest
 import trio
 from trio_websocket import ConnectionRejected, open_websocket_url
 
-from stt.server import HandshakeLimits, _AcceptErrorSummary
+from stt.transport import HandshakeLimits, _AcceptErrorSummary
 from tests.helpers import receive_all, running_server, silence, start_message, wait_until
 from tests.serve_process import STT
 from tests.test_tls import certificate  # noqa: F401 - the fixture
@@ -132,7 +132,7 @@ async def test_handshakes_over_the_caps_are_refused_with_503_and_the_others_go_o
 def test_the_handshake_limits_are_options_of_stt_serve_with_help_env_and_toml(tmp_path):
     from stt.cli import _parser
     from stt.config import ConfigError, resolve, server_config
-    from stt.server import DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_ADDRESS
+    from stt.transport import DEFAULT_MAX_PENDING_HANDSHAKES, DEFAULT_MAX_PENDING_PER_ADDRESS
 
     help_text = " ".join(subprocess.run([STT, "serve", "--help"], capture_output=True, text=True,
                                         check=True).stdout.split())

@@ -9,7 +9,8 @@ import signal
 import trio
 from trio_websocket import open_websocket_url
 
-from stt.server import ServerConfig, worker_config
+from stt.settings import ServerConfig
+from stt.workers import worker_config
 from tests.helpers import frames_of, gone, receive_all, silence, start_message
 from tests.test_shutdown import serve_process
 

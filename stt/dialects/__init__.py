@@ -28,4 +28,11 @@ def dialect_named(name: str):
     raise KeyError(f"no dialect {name!r} (known: {', '.join(sorted(d.name for d in DIALECTS))})")
 
 
+#: The dialects by path, for `stt serve --help` and for a plain HTTP request to the WebSocket port
+#: (stt.transport.server_description); tests/test_cli.py routes each path to its dialect.
+DIALECT_PATHS = ("Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, VoiceRun Transcribe at /ws, "
+                 "YourVoic at /api/v1/stt/realtime/stream, Voci V-Blaze at /transcribe, Scriptix at /v2/realtime "
+                 "(microphone mode) and /v2/client/<token>?url=<audio URL> (stream mode).")
+
+
 __all__ = ["DIALECTS", "dialect_for", "dialect_named"]

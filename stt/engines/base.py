@@ -93,7 +93,7 @@ class Engine(Protocol):
 
     `capacity`: how many streams at once the engine serves within its latency targets (docs/engines.md), from
     its decoders and a measured cost per stream; None where that is not known. The server's `--max-sessions
-    auto` (the default) admits that many sessions (stt.server.session_limit)."""
+    auto` (the default) admits that many sessions (stt.settings.session_limit)."""
 
     name: str
     sample_rate: int
