@@ -14,6 +14,7 @@ import attrs
 import trio
 
 from stt import __version__
+from stt.dialects import dialect_paths
 from stt.engines import ENGINE_NAMES
 from stt.engines.whisper import PARTIAL_MODES
 from stt.logs import LOG_FORMATS
@@ -22,10 +23,8 @@ from stt.session import SessionLimits
 #: `stt diagrams` writes here by default: docs/statecharts of the current directory (the checkout it is run in),
 #: never the installed package's folder (site-packages, when stt is not installed editable).
 DEFAULT_DOCS = Path("docs") / "statecharts"
-#: The dialects by path, for `stt serve --help` (tests/test_cli.py routes each path to its dialect).
-DIALECT_PATHS = ("Dialects by path: Speechmatics RT v2 at /v2 and /v2/<language>, VoiceRun Transcribe at /ws, "
-                 "YourVoic at /api/v1/stt/realtime/stream, Voci V-Blaze at /transcribe, Scriptix at /v2/realtime "
-                 "(microphone mode) and /v2/client/<token>?url=<audio URL> (stream mode).")
+#: The dialects by path, for `stt serve --help`: built from the dialects' declared routes (stt.dialects).
+DIALECT_PATHS = dialect_paths()
 
 
 def _parser() -> argparse.ArgumentParser:
