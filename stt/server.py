@@ -316,7 +316,8 @@ class Server:
 
     async def _handle(self, request: WebSocketRequest, progress: _Progress | None = None) -> None:
         progress = progress if progress is not None else _Progress()
-        handshake, client_plan, record = self._conformance_asks(Handshake.from_target(request.path, request.headers))
+        handshake, client_plan, record = self._conformance_asks(Handshake.from_target(
+            request.path, request.headers, request.proposed_subprotocols))
         lifecycle = self.lifecycle_chart.machine()
         lifecycle.advance("handshake")
         dialect_cls = dialect_for(handshake.path)

@@ -6,7 +6,7 @@ import json
 import re
 import types
 import typing
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 from urllib.parse import parse_qsl, urlsplit
 
 import attrs
@@ -18,14 +18,16 @@ from stt.statechart import Chart, ChartMachine, Refused
 @attrs.frozen
 class Handshake:
     """The WebSocket upgrade request: path without query, query parameters (last value wins), headers with
-    lower-case names."""
+    lower-case names, the subprotocols the client offers (Sec-WebSocket-Protocol), in its order."""
 
     path: str
     query: dict[str, str] = attrs.field(factory=dict)
     headers: dict[str, str] = attrs.field(factory=dict)
+    subprotocols: tuple[str, ...] = ()
 
     @classmethod
-    def from_target(cls, target: str, headers: list[tuple[bytes | str, bytes | str]] = ()) -> Handshake:
+    def from_target(cls, target: str, headers: list[tuple[bytes | str, bytes | str]] = (),
+                    subprotocols: tuple[str, ...] | list[str] = ()) -> Handshake:
         parts = urlsplit(target)
 
         def text(v: bytes | str) -> str:
@@ -35,6 +37,7 @@ class Handshake:
             path=parts.path or "/",
             query=dict(parse_qsl(parts.query, keep_blank_values=True)),
             headers={text(k).lower(): text(v) for k, v in headers},
+            subprotocols=tuple(subprotocols),
         )
 
     def bearer_token(self) -> str | None:
@@ -53,7 +56,7 @@ class Handshake:
 class Credential:
     """One way a client's key may come at the upgrade: `kind` is "bearer" (Authorization: Bearer KEY), "token"
     (Authorization: Token KEY), "header" (the header `name` holds the key), "query" (the query parameter `name`)
-    or "subprotocol" (a Sec-WebSocket-Protocol entry `name`KEY: the key after the prefix `name`)."""
+    or "subprotocol" (an offered subprotocol `name`KEY: the key after the prefix `name`)."""
 
     kind: str
     name: str = ""
@@ -72,8 +75,7 @@ class Credential:
             return handshake.headers.get(self.name) or None
         if self.kind == "query":
             return handshake.query.get(self.name) or None
-        for offered in handshake.headers.get("sec-websocket-protocol", "").split(","):
-            offered = offered.strip()
+        for offered in handshake.subprotocols:
             if offered.startswith(self.name) and len(offered) > len(self.name):
                 return offered[len(self.name):]
         return None
@@ -170,54 +172,6 @@ class HandshakeRefused(Exception):
         self.status, self.body = status, body
 
 
-class Dialect(Protocol):
-    """A vendor's protocol, frames in and frames out, checked by its chart. Every trait, with its type and its
-    default: DialectBase, which every dialect subclasses."""
-
-    name: str
-    chart: Chart
-    machine: ChartMachine
-    handshake: Handshake
-    #: After the end of the transcript the server closes at once (1000), instead of waiting for the client.
-    closes_after_end: bool
-    #: A client without a valid key is refused at the upgrade with HTTP 401, instead of a close code.
-    rejects_unauthorised: bool
-    #: Seconds between SessionStatus events (None: none are sent).
-    status_interval: float | None
-    #: The client's key may come in its start message (Scriptix's {"action":"start","key":…}): credential() is
-    #: checked again when the dialect's Configure arrives, and a connection without one is not refused at once.
-    credential_in_start: bool
-    #: Seconds the client has to send its start message (None: only the message idle timeout applies); the
-    #: session then ends with the chart's idle_timeout ending.
-    start_timeout: float | None
-    #: Seconds without speech (SpeechStarted/SpeechStopped or words from the engine) that end the session with
-    #: the chart's idle_timeout ending (None: only the message idle timeout of SessionLimits applies).
-    speech_idle_timeout: float | None
-
-    def greeting(self) -> list[str]:
-        """Frames the server sends as soon as the connection is open (before any client message)."""
-
-    def on_open(self) -> list:
-        """Events the handshake alone settles, handled before the first client frame: a Configure built from
-        the query string, or a Violation for a bad parameter. Most dialects wait for a start message: []."""
-
-    def credential(self) -> str | None:
-        """The API key the client presented, if any."""
-
-    def receive(self, frame: str | bytes) -> list:
-        """A client frame -> events (stt.events), a Violation for a frame that breaks a rule."""
-
-    def render(self, item) -> list[str | bytes]:
-        """A session or recognition event -> frames for the client."""
-
-    def render_violation(self, violation: Violation) -> list[str | bytes]:
-        """The vendor's error or warning frame for a broken rule (empty if the vendor sends none)."""
-
-    def costly(self, item) -> bool:
-        """True for the results whose render is CPU-heavy (V-Blaze's ZIP and scrubbed audio): the session renders
-        those in a worker thread and calls the dialect for nothing else meanwhile."""
-
-
 class DialectBase:
     """What every dialect is: each trait the core (server, session, conformance kit) reads, with its type and
     its default, and what the dialects share. A dialect subclasses it and sets the traits that differ.
@@ -288,7 +242,7 @@ class DialectBase:
 
     def __init__(self, handshake: Handshake):
         self.handshake = handshake
-        self.machine = self.chart.machine()
+        self.machine: ChartMachine = self.chart.machine()
 
     @classmethod
     def match(cls, path: str) -> bool:
@@ -300,16 +254,38 @@ class DialectBase:
         return self.handshake.credential(self.credentials)
 
     def greeting(self) -> list[str]:
+        """Frames the server sends as soon as the connection is open (before any client message)."""
         return []
 
     def on_open(self) -> list:
-        return []  # most dialects are configured by a start message
+        """Events the handshake alone settles, handled before the first client frame: a Configure built from
+        the query string, or a Violation for a bad parameter. Most dialects wait for a start message: []."""
+        return []
+
+    def receive(self, frame: str | bytes) -> list:
+        """A client frame -> events (stt.events), a Violation for a frame that breaks a rule. Ask the chart
+        first (machine.peek), validate the message, and fire only when both pass."""
+        raise NotImplementedError
+
+    def render(self, item) -> list[str | bytes]:
+        """A session or recognition event -> frames for the client."""
+        raise NotImplementedError
+
+    def render_violation(self, violation: Violation) -> list[str | bytes]:
+        """The vendor's error or warning frame for a broken rule (empty if the vendor sends none)."""
+        raise NotImplementedError
 
     def costly(self, item) -> bool:
+        """True for the results whose render is CPU-heavy (V-Blaze's ZIP and scrubbed audio): the session renders
+        those in a worker thread and calls the dialect for nothing else meanwhile."""
         return False
 
     def _violation(self, rule_id: str, detail: str) -> Violation:
         return Violation(self.chart.rule(rule_id), detail)
+
+
+#: What the server and the session hold a dialect as.
+Dialect = DialectBase
 
 
 def traits() -> dict[str, Any]:
@@ -342,7 +318,7 @@ def dump(obj: dict) -> str:
 
 def subprotocol_to_accept(dialect: DialectBase, handshake: Handshake) -> str | None:
     """The dialect's subprotocol, when the client offered it (Sec-WebSocket-Protocol); else None."""
-    offered = [p.strip() for p in handshake.headers.get("sec-websocket-protocol", "").split(",")]
+    offered = handshake.subprotocols
     return dialect.subprotocol if dialect.subprotocol is not None and dialect.subprotocol in offered else None
 
 
