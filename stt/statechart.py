@@ -204,10 +204,13 @@ class ChartMachine:
 
     def fire(self, event: str) -> Outcome:
         """Apply a client event: Accepted and moved on, or Refused with the rule it breaks (state unchanged)."""
-        outcome = self.peek(event)
-        if isinstance(outcome, Accepted) and outcome.target != outcome.source:
+        source = self._model.state
+        target = self._targets.get((source, event))
+        if target is None:  # what peek answers: Refused, or an error for an event the state does not know
+            return verdict(self.chart, source, event, self._targets)
+        if target != source:
             self._model.trigger(event)
-        return outcome
+        return Accepted(source, event, target)
 
     def advance(self, event: str) -> Accepted:
         """Apply a server event, which the server only fires when its chart allows it."""
