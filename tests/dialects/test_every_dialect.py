@@ -251,3 +251,22 @@ async def test_the_server_accepts_the_subprotocol_the_dialect_declares_when_the_
     async with running_server() as server:
         async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2", subprotocols=offered) as ws:
             assert ws.subprotocol == accepted
+
+
+# --- peek, validate, fire ------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("dialect, path, bad, rule_id", [
+    (SpeechmaticsDialect, "/v2", '{"message":"StartRecognition","audio_format":{"type":"mp3"},'
+                                 '"transcription_config":{"language":"en"}}', "SM-CFG-001"),
+    (stt.dialects.dialect_named("voicerun"), "/ws", '{"type":"session.update","session":{"model":"nova-3"}}',
+     "VR-CFG-001"),
+    (stt.dialects.dialect_named("scriptix"), "/v2/realtime", '{"action":"start","partial":"yes"}', "SX-START-001"),
+    (stt.dialects.dialect_named("vblaze"), "/transcribe", b"OggS" + bytes(60), "VB-AUDIO-002"),
+], ids=lambda v: v.name if isinstance(v, type) else None)
+def test_a_message_whose_content_breaks_a_rule_leaves_the_chart_where_it_was(dialect, path, bad, rule_id):
+    """The chart is asked first (peek), the content validated, and the machine moved only when both pass."""
+    instance = dialect(Handshake(path))
+    before = instance.machine.state
+    (violation,) = instance.receive(bad)
+    assert violation.rule.id == rule_id and instance.machine.state == before
