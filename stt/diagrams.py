@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from stt.statechart import Chart, chart_names, load_chart
+from stt.statechart import Chart, chart_names, load_chart, refusals
 
 
 def edges(chart: Chart) -> dict[tuple[str, str], list[str]]:
@@ -48,10 +48,11 @@ def page(chart: Chart) -> str:
             out += [f"| `{name}` | {_cell(doc)} |" for name, doc in events.items()]
     out += ["", "## Transitions", "", "| from | event | to |", "|---|---|---|"]
     out += [f"| `{t.source}` | `{t.event}` | `{t.target}` |" for t in chart.transitions]
-    if chart.forbidden:
+    forbidden = refusals(chart)
+    if forbidden:
         out += ["", "## Forbidden", "", "Every (state, client event) pair that is not a transition breaks a rule.", "",
                 "| state | event | rule |", "|---|---|---|"]
-        out += [f"| `{s}` | `{e}` | {r} |" for (s, e), r in chart.forbidden.items()]
+        out += [f"| `{r.state}` | `{r.event}` | {r.rule.id} |" for r in forbidden]
     out += ["", "## Rules", "", "| rule | requirement | error / warning | reason | close |", "|---|---|---|---|---|"]
     for rule in chart.rules.values():
         kind = f"error `{rule.error}`" if rule.error else f"warning `{rule.warning}`" if rule.warning else "—"

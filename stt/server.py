@@ -26,7 +26,7 @@ from stt.audio import FileBuffers
 from stt.conformance.checks import write_client_report
 from stt.conformance.logbook import CONFORMANCE_HEADER, CONFORMANCE_QUERY, open_logbook
 from stt.dialects import dialect_for
-from stt.dialects.base import Dialect, Handshake, HandshakeRefused
+from stt.dialects.base import Dialect, Handshake, HandshakeRefused, subprotocol_to_accept
 from stt.engines import open_engine
 from stt.engines.base import Engine
 from stt.faults import FAULT_HEADER, FAULT_QUERY, FaultError, parse_faults, within_limits
@@ -171,11 +171,12 @@ class Server:
 
     async def _handle(self, request: WebSocketRequest, progress: _Progress | None = None) -> None:
         progress = progress if progress is not None else _Progress()
-        handshake, client_plan, record = self._conformance_asks(Handshake.from_target(request.path, request.headers))
+        handshake, client_plan, record = self._conformance_asks(Handshake.from_target(
+            request.path, request.headers, request.proposed_subprotocols))
         lifecycle = self.lifecycle_chart.machine()
         lifecycle.advance("handshake")
         dialect_cls = dialect_for(handshake.path)
-        pattern = getattr(dialect_cls, "secret_path", None)
+        pattern = dialect_cls.secret_path if dialect_cls is not None else None
         path = redact_path(handshake.path, pattern,  # as the log shows it: no key (stt.redaction)
                            connection_secrets(handshake.path, handshake.query, handshake.headers, pattern))
         if dialect_cls is None:
@@ -233,7 +234,7 @@ class Server:
             reason, detail = busy
             self.metrics.reject(dialect.name, reason)
             log.info("%s: %s", path, detail, extra={"dialect": dialect.name, "reason": reason})
-            if getattr(dialect, "refuses_busy_at_upgrade", False):  # V-Blaze: HTTP 503, as for no free stream
+            if dialect.refuses_busy_at_upgrade:  # V-Blaze: HTTP 503, as for no free stream
                 lifecycle.advance("reject")
                 rule = dialect.chart.ending("busy")
                 self.endings[(dialect.name, "busy", rule.id)] += 1
@@ -241,7 +242,7 @@ class Server:
                 return
         with self.admission.admit(key) if admissible and busy is None \
                 else contextlib.nullcontext(Unlimited(self.keys.allows)) as ticket:
-            ws = await request.accept()
+            ws = await request.accept(subprotocol=subprotocol_to_accept(dialect, handshake))
             lifecycle.advance("accept")
             session = Session(ws, dialect, self.engine, lifecycle, limits=self.config.limits,
                               authorise=self.keys.allows, admission=ticket,

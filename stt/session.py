@@ -331,7 +331,7 @@ class Session:
     @property
     def public_path(self) -> str:
         """The handshake's path as logs show it: a key in it (Scriptix /v2/client/<token>) redacted."""
-        return redact_path(self.dialect.handshake.path, getattr(self.dialect, "secret_path", None), self._secrets())
+        return redact_path(self.dialect.handshake.path, self.dialect.secret_path, self._secrets())
 
     def redact(self, text: str) -> str:
         """`text` without the connection's secrets: its key, however it came (handshake or start message)."""
@@ -340,7 +340,7 @@ class Session:
     def _secrets(self) -> list[str | None]:
         handshake = self.dialect.handshake
         return [*connection_secrets(handshake.path, handshake.query, handshake.headers,
-                                    getattr(self.dialect, "secret_path", None)), self.dialect.credential()]
+                                    self.dialect.secret_path), self.dialect.credential()]
 
     # --- the server shutting down -------------------------------------------------------------------------
 
@@ -432,7 +432,7 @@ class Session:
     def _hold_kept_audio(self) -> bool:
         """A dialect that keeps the client's audio whole till the end (`kept_bytes`: V-Blaze's scrubaudio) takes it
         from the server's whole-file budget, as an MP4 does; False, and the session ended busy, past it."""
-        kept = getattr(self.dialect, "kept_bytes", 0)
+        kept = self.dialect.kept_bytes
         if self.file_buffers is None or kept <= self._dialect_held:
             return True
         try:
@@ -731,8 +731,7 @@ class Session:
         """The dialect's frames for a result. Those the dialect calls costly (`costly(item)`: V-Blaze's ZIP and
         scrubbed audio, a second per 32 MiB) are rendered in a worker thread, so that the other sessions of the
         process go on meanwhile; until it is done the reader does not call the dialect (see _dialect_free)."""
-        costly = getattr(self.dialect, "costly", None)
-        if costly is None or not costly(item):
+        if not self.dialect.costly(item):
             return self.dialect.render(item)
         self._rendering = trio.Event()
         try:
@@ -808,7 +807,7 @@ class Session:
         except UrlNotAllowed as exc:  # the client learns no address; the operator, which flag lifts the guard
             log.warning("session %s: stream URL refused: %s, not a public address (--allow-private-urls lifts this)",
                         self.id, exc.reason, extra={"session": self.id, "dialect": self.dialect.name})
-            rule_id = getattr(self.dialect, "url_not_allowed_rule", None)
+            rule_id = self.dialect.url_not_allowed_rule
             if rule_id:
                 self._end(self.dialect.chart.rule(rule_id), WHY_NOT)
             else:
@@ -836,8 +835,8 @@ class Session:
         """max_session_seconds: warn the client ahead where the dialect has a warning for it (Speechmatics:
         45, 30 and 15 minutes ahead, those within the limit), then end the session as "session_timeout"."""
         end = self._opened + seconds
-        rule_id = getattr(self.dialect, "time_limit_warning_rule", None)
-        for ahead in sorted(getattr(self.dialect, "time_limit_warnings", ()), reverse=True):
+        rule_id = self.dialect.time_limit_warning_rule
+        for ahead in sorted(self.dialect.time_limit_warnings, reverse=True):
             if rule_id and ahead < seconds:
                 await trio.sleep_until(end - ahead)
                 # The server's own notice, not a rule the client broke: not counted in self.violations.

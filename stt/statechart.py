@@ -187,7 +187,7 @@ class ChartMachine:
         )
         # (state, event) -> target, from the same transitions: answering from the table keeps the hot path
         # (an audio frame in a state that loops on it) off the machine, which is asked only to move.
-        self._targets = {(t.source, t.event): t.target for t in chart.transitions}
+        self._targets = transition_map(chart)
 
     @property
     def state(self) -> str:
@@ -197,20 +197,20 @@ class ChartMachine:
     def finished(self) -> bool:
         return self.state in self.chart.final
 
+    def peek(self, event: str) -> Outcome:
+        """What fire(event) would answer, without moving: Accepted (with the target) or Refused with the rule
+        it breaks. A dialect asks first, validates the message's content, and fires only when both pass."""
+        return verdict(self.chart, self._model.state, event, self._targets)
+
     def fire(self, event: str) -> Outcome:
         """Apply a client event: Accepted and moved on, or Refused with the rule it breaks (state unchanged)."""
         source = self._model.state
         target = self._targets.get((source, event))
-        if target is not None:
-            if target != source:
-                self._model.trigger(event)
-            return Accepted(source, event, target)
-        rule_id = self.chart.forbidden.get((source, event))
-        if rule_id is not None:
-            return Refused(source, event, self.chart.rules[rule_id])
-        if event not in self.chart.client_events and event not in self.chart.server_events:
-            raise KeyError(f"chart {self.chart.name!r} has no event {event!r}")
-        raise UnexpectedEvent(f"{self.chart.name}: {event!r} is not allowed in state {source!r}")
+        if target is None:  # what peek answers: Refused, or an error for an event the state does not know
+            return verdict(self.chart, source, event, self._targets)
+        if target != source:
+            self._model.trigger(event)
+        return Accepted(source, event, target)
 
     def advance(self, event: str) -> Accepted:
         """Apply a server event, which the server only fires when its chart allows it."""
@@ -218,6 +218,30 @@ class ChartMachine:
         if isinstance(outcome, Refused):
             raise UnexpectedEvent(f"{self.chart.name}: server event {event!r} refused in state {outcome.state!r}")
         return outcome
+
+
+def transition_map(chart: Chart) -> dict[tuple[str, str], str]:
+    """(state, event) -> target, for every transition of the chart."""
+    return {(t.source, t.event): t.target for t in chart.transitions}
+
+
+def verdict(chart: Chart, state: str, event: str, targets: dict[tuple[str, str], str] | None = None) -> Outcome:
+    """What the chart says of `event` in `state`: Accepted (with the target) or Refused (with the rule). KeyError
+    for an event the chart does not know; UnexpectedEvent for a server event the state does not allow."""
+    target = (transition_map(chart) if targets is None else targets).get((state, event))
+    if target is not None:
+        return Accepted(state, event, target)
+    rule_id = chart.forbidden.get((state, event))
+    if rule_id is not None:
+        return Refused(state, event, chart.rules[rule_id])
+    if event not in chart.client_events and event not in chart.server_events:
+        raise KeyError(f"chart {chart.name!r} has no event {event!r}")
+    raise UnexpectedEvent(f"{chart.name}: {event!r} is not allowed in state {state!r}")
+
+
+def refusals(chart: Chart) -> list[Refused]:
+    """Every forbidden (state, client event) pair of the chart, with the rule it breaks, in the chart's order."""
+    return [Refused(state, event, chart.rules[rule_id]) for (state, event), rule_id in chart.forbidden.items()]
 
 
 # --- loading ----------------------------------------------------------------------------------------------

@@ -1,6 +1,8 @@
 """The chart format: every shipped chart loads; malformed charts fail naming file and key; machines enforce."""
 
 import copy
+import re
+from pathlib import Path
 
 import pytest
 import yaml
@@ -16,6 +18,8 @@ from stt.statechart import (
     load_chart,
     load_chart_file,
     parse_chart,
+    refusals,
+    transition_map,
 )
 
 MINIMAL = {
@@ -83,6 +87,38 @@ def test_a_server_event_the_chart_does_not_allow_is_a_bug_not_a_violation():
         m.advance("finish")
     with pytest.raises(KeyError):
         m.fire("NoSuchEvent")
+
+
+def test_peek_answers_what_fire_would_without_moving():
+    m = parse_chart(MINIMAL).machine()
+    for event in ("Stop", "Go", "Go", "Stop", "finish"):
+        before = m.state
+        said = m.peek(event)
+        assert m.state == before and m.peek(event) == said  # asking twice moves nothing
+        assert m.fire(event) == said
+    assert m.state == "done"
+    with pytest.raises(UnexpectedEvent):
+        m.peek("finish")
+    with pytest.raises(KeyError):
+        m.peek("NoSuchEvent")
+
+
+def test_the_chart_api_gives_the_transition_map_and_the_refusals_in_chart_order():
+    chart = parse_chart(MINIMAL)
+    assert transition_map(chart) == {("idle", "Go"): "busy", ("busy", "Stop"): "idle", ("idle", "finish"): "done",
+                                     ("busy", "finish"): "done"}
+    assert [(r.state, r.event, r.rule.id) for r in refusals(chart)] == [("idle", "Stop", "DM-ORDER-001"),
+                                                                         ("busy", "Go", "DM-WARN-001")]
+
+
+def test_nothing_outside_statechart_py_reads_the_forbidden_table_or_rebuilds_the_transition_map():
+    """Dialects ask machine.peek/fire; the catalogue and the diagrams use verdict, refusals, transition_map."""
+    package = Path(__file__).resolve().parent.parent / "stt"
+    readers = re.compile(r"\.forbidden\b|\(t\.source, t\.event\)\s*:")
+    offenders = [f"{path.relative_to(package)}:{n}: {line.strip()}"
+                 for path in sorted(package.rglob("*.py")) if path.name != "statechart.py"
+                 for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1) if readers.search(line)]
+    assert not offenders, "\n".join(offenders)
 
 
 def broken(mutate):

@@ -17,7 +17,7 @@ import attrs
 
 from stt.conformance.profiles import CLOSE, PROFILES, Profile
 from stt.dialects import DIALECTS, dialect_named
-from stt.statechart import Chart, Rule
+from stt.statechart import Accepted, Chart, Rule, UnexpectedEvent, refusals, transition_map, verdict
 
 KINDS = ("transition", "forbidden")
 
@@ -73,7 +73,7 @@ def paths(chart: Chart, avoid: frozenset[tuple[str, str]] = frozenset()) -> dict
 
 def states_along(chart: Chart, path: tuple[str, ...]) -> tuple[str, ...]:
     """The states a path passes through, the initial state first."""
-    targets = {(t.source, t.event): t.target for t in chart.transitions}
+    targets = transition_map(chart)
     states = [chart.initial]
     for event in path:
         states.append(targets[(states[-1], event)])
@@ -99,14 +99,14 @@ def cases(name: str) -> list[Case]:
             id=f"{name}/transition/{t.source}/{t.event}", dialect=name, kind="transition", state=t.source,
             event=t.event, requirement=f"{_event_description(chart, t.event)} (moves {t.source} to {t.target})",
             path=path, path_states=states_along(chart, path), target=t.target))
-    for (state, event), rule_id in chart.forbidden.items():
+    for refusal in refusals(chart):
+        state, event, rule = refusal.state, refusal.event, refusal.rule
         if state not in reach:
             continue
-        rule = chart.rule(rule_id)
         path = reach[state]
         out.append(Case(
             id=f"{name}/forbidden/{state}/{event}", dialect=name, kind="forbidden", state=state, event=event,
-            requirement=f"{rule_id}: {rule.requirement}", path=path, path_states=states_along(chart, path),
+            requirement=f"{rule.id}: {rule.requirement}", path=path, path_states=states_along(chart, path),
             rule=rule))
     return out
 
@@ -129,22 +129,21 @@ def coverage(name: str, selected: list[Case] | None = None) -> dict[str, list[in
     profile = PROFILES[name]
     chosen = cases(name) if selected is None else selected
     done = {(c.kind, c.state, c.event) for c in chosen if c.dialect == name and runnable(c, profile)}
-    transitions = {(t.source, t.event) for t in chart.transitions}
+    transitions = set(transition_map(chart))
+    forbidden = {(r.state, r.event) for r in refusals(chart)}
     return {
         "transitions": [len({pair for pair in transitions if ("transition", *pair) in done}), len(transitions)],
-        "forbidden": [len({pair for pair in chart.forbidden if ("forbidden", *pair) in done}), len(chart.forbidden)],
+        "forbidden": [len({pair for pair in forbidden if ("forbidden", *pair) in done}), len(forbidden)],
     }
 
 
 def outcome(chart: Chart, state: str, event: str) -> tuple[str, str | Rule]:
     """What the chart says of `event` in `state`: ("transition", target) or ("forbidden", rule)."""
-    for t in chart.transitions:
-        if t.source == state and t.event == event:
-            return "transition", t.target
-    rule_id = chart.forbidden.get((state, event))
-    if rule_id is None:
-        raise KeyError(f"{chart.name}: {event!r} has no outcome in state {state!r}")
-    return "forbidden", chart.rule(rule_id)
+    try:
+        said = verdict(chart, state, event)
+    except (KeyError, UnexpectedEvent):
+        raise KeyError(f"{chart.name}: {event!r} has no outcome in state {state!r}") from None
+    return ("transition", said.target) if isinstance(said, Accepted) else ("forbidden", said.rule)
 
 
 __all__ = ["Case", "KINDS", "all_cases", "cases", "chart_of", "coverage", "dialect_names",

@@ -171,7 +171,7 @@ def client_rule_ids(chart: Chart, dialect=None) -> list[str]:
     """The chart's rules a client can break, in chart order (see the module docstring)."""
     used_endings = set(chart.endings.values())
     server = {chart.endings[e] for e in ORDINARY_ENDINGS + SERVER_ENDINGS if e in chart.endings}
-    notice = getattr(dialect, "time_limit_warning_rule", None)
+    notice = dialect.time_limit_warning_rule if dialect is not None else None
     ids = []
     for rule_id in chart.rules:
         if rule_id in server or rule_id == notice:

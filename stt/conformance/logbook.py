@@ -118,7 +118,7 @@ def open_logbook(directory: Path, session: str, dialect, handshake, faults: str,
     at a time, so that what a session has done so far is on disk while it runs."""
     directory.mkdir(parents=True, exist_ok=True)
     with open(directory / f"{session}.jsonl", "w", encoding="utf-8", buffering=1) as file:
-        pattern = getattr(dialect, "secret_path", None)
+        pattern = dialect.secret_path
         logbook = Logbook(file, clock, dialect.credential, secret_path=pattern,
                           secrets=connection_secrets(handshake.path, handshake.query, handshake.headers, pattern))
         logbook.opened(session, dialect.name, handshake.path, handshake.query, handshake.headers, faults,

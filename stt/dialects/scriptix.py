@@ -47,12 +47,21 @@ Our choices where the vendor is silent:
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from typing import Any
 
-from stt.dialects.base import Handshake, RuleBroken, parse_json, refused
+from stt.dialects.base import (
+    DialectBase,
+    Handshake,
+    Route,
+    RuleBroken,
+    dump,
+    in_header,
+    in_query,
+    parse_json,
+    refused,
+)
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -71,11 +80,11 @@ from stt.events import (
     Violation,
     Word,
 )
-from stt.statechart import load_chart
+from stt.statechart import Refused, load_chart
 from stt.text import smart_format
 
-PATH = re.compile(r"^/v2/realtime/?$")
-STREAM_PATH = re.compile(r"^/v2/client/(?P<token>[^/]+)/?$")
+STREAM_ROUTE = Route("/v2/client/<token>", query="?url=<audio URL>", note="stream mode")
+STREAM_PATH = STREAM_ROUTE.pattern
 TYPES = ("fast", "quality")  # both served by the same recognizer
 DEFAULT_TYPE = "fast"
 LANGUAGE = re.compile(r"^en(?:[-_][a-z]{2,3})?$", re.IGNORECASE)
@@ -87,30 +96,27 @@ START_TIMEOUT = 15.0  # seconds the client has to send its start action (§3.5)
 _START_OPTIONS = {"key": str, "partial": bool, "actual_numbers": bool}
 
 
-class ScriptixDialect:
+class ScriptixDialect(DialectBase):
     name = "scriptix"
+    title = "Scriptix real-time"
     chart = load_chart("scriptix").with_endings_from(load_chart("lifecycle"))
+    routes = (Route("/v2/realtime", note="microphone mode"), STREAM_ROUTE)
+    #: At the upgrade (stream mode: the path's token instead); or the start action's "key" (credential()).
+    credentials = (in_query("token"), *(in_header(name) for name in TOKEN_HEADERS))
 
     closes_after_end = True  # {"state":"stopped"} is the last message; the server closes 1000 at once
     announces_shutdown = True  # {"state":"shutting_down","at":<Unix seconds>} (§3.3)
     rejects_unauthorised = False  # a bad token is {"error":…} and close 1008 after the upgrade (§3.7)
-    status_interval = None
-    speech_idle_timeout = None
     start_timeout: float | None = START_TIMEOUT
     credential_in_start = True  # per connection: False when the upgrade brought a token (see __init__)
     secret_path = STREAM_PATH  # its `token` group is the key: never logged (stt.redaction.redact_path)
     url_not_allowed_rule = "SX-STREAM-003"  # the stream URL's host is not public (stt.fetch.UrlNotAllowed)
 
-    @staticmethod
-    def match(path: str) -> bool:
-        return PATH.match(path) is not None or STREAM_PATH.match(path) is not None
-
     def __init__(self, handshake: Handshake):
-        self.handshake = handshake
-        self.machine = self.chart.machine()
+        super().__init__(handshake)
         stream = STREAM_PATH.match(handshake.path)
         self.stream_mode = stream is not None
-        self._handshake_token = stream.group("token") if stream else _handshake_token(handshake)
+        self._handshake_token = stream.group("token") if stream else handshake.credential(self.credentials)
         #: No token at the upgrade: the start action's "key" may bring it (the session checks it then).
         self.credential_in_start = self._handshake_token is None
         self._start_key: str | None = None
@@ -168,9 +174,9 @@ class ScriptixDialect:
             return [self._violation("SX-MSG-001", 'no "action"')]
         action = msg["action"]
         if action == "start":
-            rule_id = self.chart.forbidden.get((self.machine.state, "start"))
-            if rule_id is not None:
-                return [self._violation(rule_id, "")]
+            outcome = self.machine.peek("start")
+            if isinstance(outcome, Refused):
+                return [Violation(outcome.rule, "")]
             try:
                 configure = self._start(msg)
             except RuleBroken as exc:
@@ -192,9 +198,6 @@ class ScriptixDialect:
         self.actual_numbers = msg.get("actual_numbers") is True
         return Configure(AudioFormat("pcm_s16le", 16000, sniff=True), language="en", partials=self.partial)
 
-    def _violation(self, rule_id: str, detail: str) -> Violation:
-        return Violation(self.chart.rule(rule_id), detail)
-
     # --- frames out ---------------------------------------------------------------------------------------
 
     def render(self, item: Any) -> list[str]:
@@ -205,9 +208,9 @@ class ScriptixDialect:
             self._partial_shown = True
             text = _text(items)
             if self.shape == "k":
-                return [_dump({"partial": text})]
+                return [dump({"partial": text})]
             stability = round(sum(w.confidence for w in item.words) / len(item.words), 2)
-            return [_dump({"text": text, "is_final": False, "offset_ms": _ms(item.end), "stability": stability})]
+            return [dump({"text": text, "is_final": False, "offset_ms": _ms(item.end), "stability": stability})]
         if isinstance(item, Final):
             items = self.items(item.words)
             if not items and not self._partial_shown:
@@ -215,17 +218,17 @@ class ScriptixDialect:
             self._partial_shown = False
             text = _text(items)
             if self.shape == "k":
-                return [_dump({"result": items, "speaker": SPEAKER, "text": text})]
-            return [_dump({"text": text, "is_final": True, "offset_ms": _ms(item.end), "words": items,
+                return [dump({"result": items, "speaker": SPEAKER, "text": text})]
+            return [dump({"text": text, "is_final": True, "offset_ms": _ms(item.end), "words": items,
                            "speaker": SPEAKER})]
         if isinstance(item, SessionStarted):
             self.machine.advance("listening")
-            return [_dump({"state": "listening", "session_id": _hex(item.session_id)})]
+            return [dump({"state": "listening", "session_id": _hex(item.session_id)})]
         if isinstance(item, EndOfTranscript):
             self.machine.advance("stopped")
             return ['{"state":"stopped"}']
         if isinstance(item, ShuttingDown):  # the chart's state is unchanged: the session goes on until it ends
-            return [_dump({"state": "shutting_down", "at": int(item.at)})]
+            return [dump({"state": "shutting_down", "at": int(item.at)})]
         if isinstance(item, (SpeechStarted, SpeechStopped, AudioAccepted, SessionStatus)):
             return []  # Scriptix reports no voice activity, acknowledges no audio and sends no status
         if isinstance(item, Violation):
@@ -242,7 +245,7 @@ class ScriptixDialect:
         # broke a rule, and audio that could not be read or decoded, also say what was wrong.
         terse = rule.id in self.chart.endings.values() and rule.id != "SX-AUDIO-001"
         text = rule.message if terse or not violation.detail else f"{rule.message}: {violation.detail}"
-        return [_dump({"error": text})]
+        return [dump({"error": text})]
 
     def items(self, words: tuple[Word, ...] | list[Word]) -> list[list]:
         """The result items [word, start_ms, end_ms, confidence] of `words`; with actual_numbers, a number
@@ -254,16 +257,6 @@ class ScriptixDialect:
             span = words[token.start:token.end]
             out.append([token.text, _ms(span[0].start), _ms(span[-1].end), round(min(w.confidence for w in span), 2)])
         return out
-
-
-def _handshake_token(handshake: Handshake) -> str | None:
-    token = handshake.query.get("token")
-    if token:
-        return token
-    for name in TOKEN_HEADERS:
-        if handshake.headers.get(name):
-            return handshake.headers[name]
-    return None
 
 
 def _text(items: list[list]) -> str:
@@ -279,7 +272,3 @@ def _hex(session_id: str) -> str:
         return uuid.UUID(session_id).hex
     except ValueError:
         return session_id
-
-
-def _dump(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))

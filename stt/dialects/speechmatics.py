@@ -7,15 +7,13 @@ carries language_pack_info; Error types of the current spec).
 
 from __future__ import annotations
 
-import json
 import math
-import re
 import uuid
 from typing import Any
 
 from stt import __version__
 from stt.audio.pcm import SAMPLE_RATE_RANGE
-from stt.dialects.base import Handshake, RuleBroken, parse_json, refused
+from stt.dialects.base import BEARER, DialectBase, Handshake, Route, RuleBroken, dump, in_query, parse_json, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -34,7 +32,8 @@ from stt.events import (
 )
 from stt.statechart import load_chart
 
-PATH = re.compile(r"^/v2(?:/(?P<language>[^/]+))?/?$")
+#: The path that names the session's language (which StartRecognition must then ask for).
+LANGUAGE_ROUTE = Route("/v2/<language>")
 
 #: Languages the server recognises, with the language_pack_info description.
 LANGUAGES = {"en": "English"}
@@ -75,24 +74,19 @@ _RECONFIGURABLE = {"language", "max_delay", "max_delay_mode", "enable_partials",
                    "conversation_config"}
 
 
-class SpeechmaticsDialect:
+class SpeechmaticsDialect(DialectBase):
     name = "speechmatics"
+    title = "Speechmatics Real-Time API v2"
     chart = load_chart("speechmatics").with_endings_from(load_chart("lifecycle"))
-
-    @staticmethod
-    def match(path: str) -> bool:
-        return PATH.match(path) is not None
+    routes = (Route("/v2"), LANGUAGE_ROUTE)
+    credentials = (BEARER, in_query("jwt"))
 
     def __init__(self, handshake: Handshake):
-        self.handshake = handshake
-        self.machine = self.chart.machine()
-        m = PATH.match(handshake.path)
+        super().__init__(handshake)
+        m = LANGUAGE_ROUTE.pattern.match(handshake.path)
         self.path_language = m.group("language") if m else None
         self.language = "en"
         self.partials = False
-
-    def credential(self) -> str | None:
-        return self.handshake.bearer_token() or self.handshake.query.get("jwt") or None
 
     # --- frames in ----------------------------------------------------------------------------------------
 
@@ -108,13 +102,16 @@ class SpeechmaticsDialect:
         name = msg["message"]
         if name not in self.chart.client_events or name == "AddAudio":
             return [self._violation("SM-MSG-002", f"{name!r}")]
-        rejected = refused(self.machine.fire(name))
+        # The chart's verdict, then the message's content; the machine moves only when both pass.
+        rejected = refused(self.machine.peek(name))
         if rejected:
             return rejected
         try:
-            return [getattr(self, f"_on_{name}")(msg)]
+            event = getattr(self, f"_on_{name}")(msg)
         except RuleBroken as exc:
             return [self._violation(exc.rule_id, str(exc))]
+        self.machine.fire(name)
+        return [event]
 
     def _on_StartRecognition(self, msg: dict) -> Configure:
         audio = self._audio_format(msg.get("audio_format"))
@@ -192,48 +189,35 @@ class SpeechmaticsDialect:
             raise RuleBroken("SM-MSG-003", f"last_seq_no is {last!r}")
         return EndOfAudio()
 
-    def _violation(self, rule_id: str, detail: str) -> Violation:
-        return Violation(self.chart.rule(rule_id), detail)
-
     # --- frames out ---------------------------------------------------------------------------------------
 
     closes_after_end = False  # the client closes after EndOfTranscript (§4.6.8); the session waits close_grace
     rejects_unauthorised = False  # a bad key is an Error not_authorised and close 4001
-    status_interval = None
-    speech_idle_timeout = None
-    credential_in_start = False
-    start_timeout = None
     #: Before --max-session-seconds ends a session, a Warning session_timeout this many seconds ahead (§4.7:
     #: 45, 30 and 15 minutes; those longer than the limit are skipped); its chart rule.
     time_limit_warnings = (2700.0, 1800.0, 900.0)
     time_limit_warning_rule = "SM-LIMIT-003"
 
-    def greeting(self) -> list[str]:
-        return []
-
-    def on_open(self) -> list:
-        return []  # StartRecognition configures the session
-
     def render(self, item: Any) -> list[str]:
         if isinstance(item, AudioAccepted):  # once per audio frame: formatted, not dumped
             return ['{"message":"AudioAdded","seq_no":%d}' % item.seq_no]
         if isinstance(item, Partial):
-            return [_dump(self._transcript("AddPartialTranscript", item))] if self.partials else []
+            return [dump(self._transcript("AddPartialTranscript", item))] if self.partials else []
         if isinstance(item, Final):
-            frames = [_dump(self._transcript("AddTranscript", item))]
+            frames = [dump(self._transcript("AddTranscript", item))]
             if item.forced:
-                frames.append(_dump({"message": "EndOfUtterance", "metadata": {"start_time": item.end,
+                frames.append(dump({"message": "EndOfUtterance", "metadata": {"start_time": item.end,
                                      "end_time": item.end}, "forced": True}))
             return frames
         if isinstance(item, EndOfTranscript):
             self.machine.advance("EndOfTranscript")
-            return [_dump({"message": "EndOfTranscript"})]
+            return [dump({"message": "EndOfTranscript"})]
         if isinstance(item, SessionStarted):
             self.machine.advance("RecognitionStarted")
             rate = item.config.audio.sample_rate  # 0 for a file: not known until it is decoded
             quality = "telephony" if 0 < rate < 16000 else "broadcast"
             return [
-                _dump({
+                dump({
                     "message": "RecognitionStarted",
                     "id": item.session_id,
                     "orchestrator_version": f"stt-{__version__}",
@@ -245,7 +229,7 @@ class SpeechmaticsDialect:
                         "adapted": False,
                     },
                 }),
-                _dump({"message": "Info", "type": "recognition_quality", "quality": quality,
+                dump({"message": "Info", "type": "recognition_quality", "quality": quality,
                        "reason": f"Running recognition using a {quality} model quality."}),
             ]
         if isinstance(item, Violation):
@@ -258,9 +242,9 @@ class SpeechmaticsDialect:
         rule = violation.rule
         reason = f"{rule.message}: {violation.detail}" if violation.detail else rule.message
         if rule.error:
-            return [_dump({"message": "Error", "type": rule.error, "reason": reason})]
+            return [dump({"message": "Error", "type": rule.error, "reason": reason})]
         if rule.warning:
-            return [_dump({"message": "Warning", "type": rule.warning, "reason": reason})]
+            return [dump({"message": "Warning", "type": rule.warning, "reason": reason})]
         return []
 
     def _transcript(self, message: str, result: Partial | Final) -> dict:
@@ -290,10 +274,6 @@ class SpeechmaticsDialect:
 
 def new_session_id() -> str:
     return str(uuid.uuid4())
-
-
-def _dump(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))
 
 
 def _vocabulary(entries: list) -> tuple[str, ...]:

@@ -36,7 +36,6 @@ from __future__ import annotations
 
 import datetime
 import io
-import json
 import re
 import struct
 import wave
@@ -50,7 +49,17 @@ from stt import __version__
 from stt.audio import RawReader
 from stt.audio.pcm import RAW_ENCODINGS, raw_encoding
 from stt.audio.wav import WavReader
-from stt.dialects.base import Handshake, HandshakeRefused, parse_json, refused
+from stt.dialects.base import (
+    DialectBase,
+    Handshake,
+    HandshakeRefused,
+    Route,
+    dump,
+    in_header,
+    in_query,
+    parse_json,
+    refused,
+)
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -69,9 +78,6 @@ from stt.events import (
 )
 from stt.statechart import load_chart
 from stt.text import smart_format
-
-PATH = re.compile(r"^/transcribe/?$")
-
 
 def asr_version(engine: str) -> str:
     """The transcript's "asr": stt's version and the engine that served the session."""
@@ -145,25 +151,20 @@ def _refuse(tag: str, problem: str) -> HandshakeRefused:
     return HandshakeRefused(400, f"bad tag {tag}: {problem}")
 
 
-class VBlazeDialect:
+class VBlazeDialect(DialectBase):
     name = "vblaze"
+    title = "Voci V-Blaze WebSocket API"
     chart = load_chart("vblaze").with_endings_from(load_chart("lifecycle"))
+    routes = (Route("/transcribe"),)
+    #: The `token` tag, either way a tag comes (credential() reads it from the tags: any case, URL-quoted).
+    credentials = (in_query("token"), in_header("x-voci-token"))
 
     closes_after_end = True  # the complete transcript is the last message; the server closes 1000 (§1.3)
     rejects_unauthorised = True  # with API keys configured, a missing or wrong `token` tag is HTTP 401
     refuses_busy_at_upgrade = True  # at the session limit: HTTP 503 and the chart's busy message (VB-BUSY-001)
-    status_interval = None
-    speech_idle_timeout = None
-    credential_in_start = False
-    start_timeout = None
-
-    @staticmethod
-    def match(path: str) -> bool:
-        return PATH.match(path) is not None
 
     def __init__(self, handshake: Handshake, clock: Callable[[], datetime.datetime] | None = None):
-        self.handshake = handshake
-        self.machine = self.chart.machine()
+        super().__init__(handshake)
         self.engine = ""  # the engine serving the session, once SessionStarted says (the transcript's "asr")
         self._clock = clock or (lambda: datetime.datetime.now(datetime.timezone.utc))
         self.started = self._clock()
@@ -239,9 +240,6 @@ class VBlazeDialect:
     def credential(self) -> str | None:
         return self.tags.get("token") or None
 
-    def greeting(self) -> list[str]:
-        return []
-
     def on_open(self) -> list:
         return [Configure(audio=self.audio, language="en", partials=False, max_delay=self.max_delay,
                           endpointing=self.endpointing, split_channels=True)]  # each channel on its own
@@ -253,7 +251,7 @@ class VBlazeDialect:
             return [self._violation("VB-MSG-001", f"a text frame of {len(frame)} characters")]
         if not frame:
             return refused(self.machine.fire("end_of_audio")) or [EndOfAudio()]
-        outcome = refused(self.machine.fire("audio"))
+        outcome = refused(self.machine.peek("audio"))
         if outcome:
             return outcome
         self._audio_bytes += len(frame)
@@ -267,10 +265,8 @@ class VBlazeDialect:
             self._header_checked = True
             if self._head[:4] not in (b"RIFF", b"RIFX", b"RF64") or self._head[8:12] != b"WAVE":
                 return [self._violation("VB-AUDIO-002", f"the audio starts with {self._head[:12]!r}")]
+        self.machine.fire("audio")
         return [Audio(bytes(frame))]
-
-    def _violation(self, rule_id: str, detail: str) -> Violation:
-        return Violation(self.chart.rule(rule_id), detail)
 
     # --- frames out ---------------------------------------------------------------------------------------
 
@@ -365,8 +361,8 @@ class VBlazeDialect:
         if self.utterance_fmt == "text":
             return _text(utterance)
         if self.utterance_fmt == "jsontop":
-            return _dump(_top(utterance))
-        return _dump(utterance)
+            return dump(_top(utterance))
+        return dump(utterance)
 
     def audio_seconds(self) -> float:
         """The length of the audio received: its byte count over the byte rate of its header or tags."""
@@ -406,7 +402,7 @@ class VBlazeDialect:
 
     def _transcript_text(self) -> str:
         body = self.transcript()
-        return body if isinstance(body, str) else _dump(body)
+        return body if isinstance(body, str) else dump(body)
 
     def transcript_frame(self) -> str | bytes:
         text = self._transcript_text()
@@ -567,7 +563,3 @@ def _t(seconds: float) -> float:
 
 def _date(moment: datetime.datetime) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S.%f")
-
-
-def _dump(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))

@@ -24,14 +24,13 @@ from __future__ import annotations
 
 import base64
 import binascii
-import json
 import re
 import secrets
 from typing import Any
 
 import attrs
 
-from stt.dialects.base import Handshake, RuleBroken, parse_json
+from stt.dialects.base import BEARER, DialectBase, Handshake, Route, RuleBroken, dump, parse_json, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -49,8 +48,6 @@ from stt.events import (
     Violation,
 )
 from stt.statechart import load_chart
-
-PATH = re.compile(r"^/ws/?$")
 
 #: The published models (protocols.md §5.2, the vendor's table), each with its provider.
 MODELS = {
@@ -105,37 +102,25 @@ class SessionConfig:
         return tuple(dict.fromkeys(w for w in words if w))
 
 
-class VoiceRunDialect:
+class VoiceRunDialect(DialectBase):
     name = "voicerun"
+    title = "VoiceRun Transcribe"
     chart = load_chart("voicerun").with_endings_from(load_chart("lifecycle"))
+    routes = (Route("/ws"),)
+    credentials = (BEARER,)
 
     closes_after_end = True  # session.closed is the last message; the server closes 1000 at once
     rejects_unauthorised = False  # a bad key is close 4001 "Unauthorized" after the upgrade (§5.1)
-    status_interval = None
-    speech_idle_timeout = None
-    credential_in_start = False
-    start_timeout = None
-
-    @staticmethod
-    def match(path: str) -> bool:
-        return PATH.match(path) is not None
 
     def __init__(self, handshake: Handshake):
-        self.handshake = handshake
-        self.machine = self.chart.machine()
+        super().__init__(handshake)
         self.session_id = "ts_" + secrets.token_hex(6)
         self.config: SessionConfig | None = None
         self._first_update: str | None = None  # session.updated for the first session.update
         self._partial_open = False  # a transcription.partial was sent since the last transcription.completed
 
-    def credential(self) -> str | None:
-        return self.handshake.bearer_token()
-
     def greeting(self) -> list[str]:
-        return [_dump({"type": "session.created", "session": {"id": self.session_id}})]
-
-    def on_open(self) -> list:
-        return []  # session.update configures the session
+        return [dump({"type": "session.created", "session": {"id": self.session_id}})]
 
     # --- frames in ----------------------------------------------------------------------------------------
 
@@ -155,10 +140,9 @@ class VoiceRunDialect:
             return [self._violation("VR-MSG-003", repr(kind))]
         # The chart's verdict first, then the message's content; the machine moves only when both pass, so a
         # session.update with a bad field leaves the session as it was.
-        state = self.machine.state
-        rule_id = self.chart.forbidden.get((state, kind))
-        if rule_id is not None:
-            return [self._violation(rule_id, f"{kind} in state {state}")]
+        rejected = refused(self.machine.peek(kind))
+        if rejected:
+            return rejected
         try:
             events = self._handlers[kind](self, msg)
         except RuleBroken as exc:
@@ -191,7 +175,7 @@ class VoiceRunDialect:
         _validate(config)
         first = self.config is None
         self.config = config
-        updated = _dump({"type": "session.updated", "session": config.echo()})
+        updated = dump({"type": "session.updated", "session": config.echo()})
         if not first:
             # The engine's stream takes only partials and max_delay mid-stream (Reconfigure), which VoiceRun
             # does not set; the prompt's hints are fixed when the stream opens. So the answer is the echo alone.
@@ -222,9 +206,6 @@ class VoiceRunDialect:
         "session.close": _on_session_close,
     }
 
-    def _violation(self, rule_id: str, detail: str) -> Violation:
-        return Violation(self.chart.rule(rule_id), detail)
-
     # --- frames out ---------------------------------------------------------------------------------------
 
     def render(self, item: Any) -> list[str]:
@@ -235,13 +216,13 @@ class VoiceRunDialect:
             if not text and not self._partial_open:
                 return []
             self._partial_open = True
-            return [_dump({"type": "transcription.partial", "text": text})]
+            return [dump({"type": "transcription.partial", "text": text})]
         if isinstance(item, Final):
             text = _text(item)
             if not text and not self._partial_open:
                 return []  # nothing was said and nothing shown: nothing to complete
             self._partial_open = False
-            return [_dump({"type": "transcription.completed", "text": text})]
+            return [dump({"type": "transcription.completed", "text": text})]
         if isinstance(item, SpeechStarted):
             return ['{"type":"speech.started"}']
         if isinstance(item, SpeechStopped):
@@ -267,7 +248,7 @@ class VoiceRunDialect:
             return []  # an unauthorised client gets nothing but the close (§5.1); lifecycle endings likewise
         message = f"{rule.message}: {violation.detail}" if violation.detail else rule.message
         kind = "server_error" if code in ("internal_error", "too_many_sessions") else "invalid_request_error"
-        return [_dump({"type": "error", "error": {"type": kind, "code": code, "message": message}})]
+        return [dump({"type": "error", "error": {"type": kind, "code": code, "message": message}})]
 
 
 def _validate(config: SessionConfig) -> None:
@@ -295,7 +276,3 @@ def _validate(config: SessionConfig) -> None:
 
 def _text(result: Partial | Final) -> str:
     return " ".join(w.text for w in result.words)
-
-
-def _dump(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))

@@ -17,11 +17,10 @@ Choices where the vendor's documents are silent (README, YourVoic section):
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
 
-from stt.dialects.base import Handshake, RuleBroken, parse_json, refused
+from stt.dialects.base import DialectBase, Handshake, Route, RuleBroken, dump, in_query, parse_json, refused
 from stt.events import (
     Audio,
     AudioAccepted,
@@ -41,8 +40,6 @@ from stt.events import (
 from stt.statechart import load_chart
 from stt.text import smart_format
 
-PATH = re.compile(r"^/api/v1/stt/realtime/stream/?$")
-
 #: model -> credits per second of audio (§2.4). Every model is served by the same recognizer.
 MODELS = {"lucid-mono": 3, "lucid-multi": 3, "lucid-agent": 3, "lucid-lite": 2}
 DEFAULT_MODEL = "lucid-agent"
@@ -57,35 +54,25 @@ _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
 _PRONOUN_I = {"i", "i'm", "i've", "i'll", "i'd"}
 
 
-class YourVoicDialect:
+class YourVoicDialect(DialectBase):
     name = "yourvoic"
+    title = "YourVoic real-time STT"
     chart = load_chart("yourvoic").with_endings_from(load_chart("lifecycle"))
+    routes = (Route("/api/v1/stt/realtime/stream"),)
+    credentials = (in_query("api_key"),)
 
     closes_after_end = True  # after {"type":"close"}: the pending finals, then close 1000 (§2.6)
     rejects_unauthorised = True  # a missing or wrong api_key is HTTP 401 at the upgrade (§2.6)
     status_interval: float | None = STATUS_INTERVAL
     speech_idle_timeout: float | None = SPEECH_IDLE_TIMEOUT
-    credential_in_start = False
-    start_timeout = None
-
-    @staticmethod
-    def match(path: str) -> bool:
-        return PATH.match(path) is not None
 
     def __init__(self, handshake: Handshake):
-        self.handshake = handshake
-        self.machine = self.chart.machine()
+        super().__init__(handshake)
         self.model = DEFAULT_MODEL
         self.interim_results = True
         self.punctuate = True
         self.smart_format = True
         self._interim_shown = False  # an interim transcript is on screen that a final has not replaced
-
-    def credential(self) -> str | None:
-        return self.handshake.query.get("api_key") or None
-
-    def greeting(self) -> list[str]:
-        return []
 
     # --- the query string ---------------------------------------------------------------------------------
 
@@ -129,9 +116,6 @@ class YourVoicDialect:
             return [self._violation("YV-MSG-002", repr(msg["type"]))]
         return refused(self.machine.fire("close_request")) or [EndOfAudio()]
 
-    def _violation(self, rule_id: str, detail: str) -> Violation:
-        return Violation(self.chart.rule(rule_id), detail)
-
     # --- frames out ---------------------------------------------------------------------------------------
 
     def render(self, item: Any) -> list[str]:
@@ -139,19 +123,19 @@ class YourVoicDialect:
             if not self.interim_results:
                 return []
             self._interim_shown = True
-            return [_dump(self._transcript(item, final=False))]
+            return [dump(self._transcript(item, final=False))]
         if isinstance(item, Final):
             # An empty final is sent only to replace an interim transcript that came to nothing.
             if not item.words and not self._interim_shown:
                 return []
             self._interim_shown = False
-            return [_dump(self._transcript(item, final=True))]
+            return [dump(self._transcript(item, final=True))]
         if isinstance(item, SpeechStarted):
-            return [_dump({"type": "speech_started", "timestamp": round(item.time, 3)})]
+            return [dump({"type": "speech_started", "timestamp": round(item.time, 3)})]
         if isinstance(item, SpeechStopped):
-            return [_dump({"type": "speech_ended", "timestamp": round(item.time, 3)})]
+            return [dump({"type": "speech_ended", "timestamp": round(item.time, 3)})]
         if isinstance(item, SessionStatus):
-            return [_dump({"type": "session_status", "duration": round(item.audio_seconds, 3),
+            return [dump({"type": "session_status", "duration": round(item.audio_seconds, 3),
                            "credits_used": round(item.audio_seconds * MODELS[self.model], 2),
                            "credits_remaining": None})]
         if isinstance(item, EndOfTranscript):
@@ -168,7 +152,7 @@ class YourVoicDialect:
         if not rule.error:
             return []  # YourVoic has no warning message: the frame is ignored silently
         reason = f"{rule.message}: {violation.detail}" if violation.detail else rule.message
-        return [_dump({"type": "error", "code": rule.error, "message": reason})]
+        return [dump({"type": "error", "code": rule.error, "message": reason})]
 
     def _transcript(self, result: Partial | Final, final: bool) -> dict:
         words = result.words
@@ -225,7 +209,3 @@ def _keywords(value: str) -> tuple[str, ...]:
         if len(k) > MAX_KEYWORD_CHARS:
             raise RuleBroken("YV-PARAM-005", f"keyword {k[:20]!r}... is longer than {MAX_KEYWORD_CHARS} characters")
     return keywords
-
-
-def _dump(obj: dict) -> str:
-    return json.dumps(obj, separators=(",", ":"))
