@@ -32,9 +32,11 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -244,6 +246,35 @@ def test_the_docs_commands_work_as_written(block: Block, servers, workspace, tmp
         pytest.fail(failure, pytrace=False)
 
 
+def run_in_own_group(argv: list[str], *, timeout: float, **options) -> subprocess.CompletedProcess:
+    """Run argv in a process group of its own, then end whatever of the group is left: a server a block started
+    in the background runs in a subshell of the script, which the script's own `kill $(jobs -p)` reaches, but
+    not the server under it (it was left running, its parent gone)."""
+    process = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True, start_new_session=True, **options)
+    try:
+        out, err = process.communicate(timeout=timeout)
+    finally:
+        end_group(process.pid)
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    return subprocess.CompletedProcess(argv, process.returncode, out, err)
+
+
+def end_group(group: int, grace: float = 10.0) -> None:
+    """SIGTERM to every process of the group, SIGKILL to what is left after `grace` seconds."""
+    deadline = time.monotonic() + grace
+    try:
+        os.killpg(group, signal.SIGTERM)
+        while time.monotonic() < deadline:
+            time.sleep(0.05)
+            os.killpg(group, 0)  # ProcessLookupError once the group is empty
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
 def run_block(block: Block, servers, workspace: Path, scratch: Path) -> str | None:
     """Run a block's commands; None, or why it failed (the doc's file and line, the command, its output)."""
     if not block.commands:
@@ -257,8 +288,8 @@ def run_block(block: Block, servers, workspace: Path, scratch: Path) -> str | No
     env = stt_env(PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
                   STT_PORT=str(ports.get("9000", free_port())))
     env.pop("VIRTUAL_ENV", None)
-    done = subprocess.run(["bash", "-c", script_of(block, ports, logs)], cwd=workspace, env=env,
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=float(block.marker.get("timeout", 180)))
+    done = run_in_own_group(["bash", "-c", script_of(block, ports, logs)], cwd=workspace, env=env,
+                            timeout=float(block.marker.get("timeout", 180)))
     failed = re.search(r"@@failed (\d+) (.*)", done.stderr)
     if failed or done.returncode != 0:
         line = int(failed.group(1)) if failed else block.line

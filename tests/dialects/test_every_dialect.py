@@ -29,7 +29,7 @@ from stt.dialects.speechmatics import SpeechmaticsDialect
 from stt.redaction import SECRET_NAMES
 from stt.statechart import refusals
 from tests.fuzz_frames import PLANS
-from tests.serve_process import stt_env
+from tests.serve_process import STT, stt_env
 
 ROOT = Path(__file__).resolve().parents[2]
 RULE_ID = re.compile(r"\b[A-Z]{2}-[A-Z]+-\d{3}\b")
@@ -216,7 +216,7 @@ def test_the_dialect_has_a_fuzz_strategy(dialect):
 
 
 def test_stt_serve_help_shows_every_dialect_and_its_routes_as_declared():
-    out = subprocess.run(["stt", "serve", "--help"], capture_output=True, text=True, env=stt_env(), timeout=60,
+    out = subprocess.run([STT, "serve", "--help"], capture_output=True, text=True, env=stt_env(), timeout=60,
                          check=True).stdout
     text = " ".join(out.split())
     for dialect in DIALECTS:
