@@ -25,7 +25,7 @@ Headers are kept without credentials (Authorization and the like are replaced by
 query string is redacted the same way, and so is the key the dialect found wherever else it appears (a
 Scriptix stream-mode path, a start message).
 
-A logbook's lines are written by a thread of its own (`_LineWriter`), off the event loop, through a bounded
+A logbook's lines are written by a thread of its own (`LogbookWriter`), off the event loop, through a bounded
 queue (LOGBOOK_QUEUE_LINES): the event loop only formats a line and queues it. Only a disk so slow that the queue
 fills holds the loop up, as the synchronous writes of a line-buffered file always did.
 """
@@ -175,10 +175,10 @@ class Logbook:
         self._file.flush()
 
 
-_DONE = object()  # the end of a _LineWriter's lines
+_DONE = object()  # the end of a LogbookWriter's lines
 
 
-class _LineWriter:
+class LogbookWriter:
     """A file written by a thread of its own: `write` queues a line (at most LOGBOOK_QUEUE_LINES waiting: then
     it waits for the disk), the thread writes each and flushes whenever the queue runs dry, so that what a
     session has done so far is on disk while it runs. A failure to write (a full disk) is raised by the next
@@ -227,13 +227,13 @@ class _LineWriter:
 async def open_logbook(directory: Path, session: str, dialect, handshake, faults: str,
                        clock: Callable[[], float]) -> AsyncIterator[Logbook]:
     """A logbook at DIR/<session>.jsonl, its open record written; written to the end and closed when the block
-    exits. The file is made and written in threads, off the event loop (_LineWriter)."""
+    exits. The file is made and written in threads, off the event loop (LogbookWriter)."""
 
     def create() -> IO[str]:
         directory.mkdir(parents=True, exist_ok=True)
         return open(directory / f"{session}.jsonl", "w", encoding="utf-8")
 
-    writer = _LineWriter(await trio.to_thread.run_sync(create))
+    writer = LogbookWriter(await trio.to_thread.run_sync(create))
     try:
         pattern = getattr(dialect, "secret_path", None)
         logbook = Logbook(writer, clock, dialect.credential, secret_path=pattern,
@@ -246,5 +246,5 @@ async def open_logbook(directory: Path, session: str, dialect, handshake, faults
             await writer.aclose()
 
 
-__all__ = ["CONFORMANCE_HEADER", "CONFORMANCE_QUERY", "Logbook", "NULL_RECORDER", "NullRecorder",
+__all__ = ["CONFORMANCE_HEADER", "CONFORMANCE_QUERY", "Logbook", "LogbookWriter", "NULL_RECORDER", "NullRecorder",
            "SessionRecorder", "open_logbook"]

@@ -18,7 +18,7 @@ import trio
 from stt.dialects.base import Handshake
 from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
-from stt.recording import NULL_RECORDER, Logbook, NullRecorder, _LineWriter, open_logbook
+from stt.recording import NULL_RECORDER, Logbook, NullRecorder, LogbookWriter, open_logbook
 from stt.server import Server, ServerConfig
 from stt.session import SessionLimits
 from stt.testmodes import TestModes
@@ -164,7 +164,7 @@ class SlowFile(io.StringIO):
 
 async def test_a_logbooks_lines_are_written_off_the_event_loop_in_order():
     file = SlowFile(0.02)
-    writer = _LineWriter(file)
+    writer = LogbookWriter(file)
     start = time.monotonic()
     for n in range(20):
         writer.write(f"{n}\n")
@@ -181,7 +181,7 @@ class FullDisk(io.StringIO):
 
 
 async def test_a_logbook_that_cannot_be_written_says_so():
-    writer = _LineWriter(FullDisk())
+    writer = LogbookWriter(FullDisk())
     writer.write("one\n")
     with pytest.raises(OSError, match="No space"):
         for _ in range(100):  # the failure comes back with a later write, once the thread has met it
