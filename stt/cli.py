@@ -5,6 +5,7 @@ and URLs (stt.transcribe)."""
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import sys
@@ -352,13 +353,15 @@ def _serve(argv: list[str] | None) -> int:
         return 2
     os.environ.pop("STT_API_KEYS", None)  # the config holds their digests; the workers need not inherit them
     configure_logging(settings.log_level, settings.log_format)
+    test_modes = _test_modes(config)
     if settings.workers > 1:
-        return serve_workers(config, settings.workers, log_level=settings.log_level, log_format=settings.log_format)
+        return serve_workers(config, settings.workers, log_level=settings.log_level, log_format=settings.log_format,
+                             test_modes=test_modes)
     from stt.engines.base import EngineError
 
     failed: list[BaseException] = []
     try:
-        trio.run(serve, config)
+        trio.run(functools.partial(serve, config, test_modes=test_modes))
     except* KeyboardInterrupt:  # trio may deliver it wrapped in an exception group
         logging.getLogger("stt").info("interrupted: server stopped")
     except* EngineError as group:  # the engine did not load (a missing or damaged model): one line, no traceback
@@ -366,6 +369,18 @@ def _serve(argv: list[str] | None) -> int:
     for exc in failed:
         print(f"stt: {exc}", file=sys.stderr)
     return 2 if failed else 0
+
+
+def _test_modes(config):
+    """The server's test modes (stt.testmodes) as config asks; where it records sessions (--conformance DIR), with
+    the conformance kit's client report of each."""
+    if config.conformance_dir is None:
+        from stt.testmodes import TestModes
+
+        return TestModes.from_config(config)
+    from stt.conformance.checks import modes_with_reports
+
+    return modes_with_reports(config)
 
 
 def _server_config(argv: list[str] | None):

@@ -1,6 +1,7 @@
 """Fault injection: a client (or the server's operator) asks the server to misbehave the way a real service
-sometimes does, to see how the client copes. Sans-IO: this module parses and checks a plan; the session carries
-it out. Docs: docs/faults.md.
+sometimes does, to see how the client copes. This module parses and checks a plan, and carries it out for one
+session (`FaultRunner`: which faults are due, and what becomes of each frame the session's writer sends); the
+session only hands it what it sends, and ends as the runner's triggers say. Docs: docs/faults.md.
 
 A plan is comma-separated items, given per connection in the `x-stt-fault` header or the `stt_fault` query
 parameter (both taken out before the dialect sees the handshake), or for every connection by `stt serve --fault`
@@ -34,9 +35,13 @@ from __future__ import annotations
 
 import math
 import re
+import time
+from typing import Awaitable, Callable
 
 import attrs
 
+from stt.dialects.base import render_shutting_down
+from stt.events import AudioAccepted, Final, Partial, ShuttingDown, Violation
 from stt.statechart import Chart, Rule
 
 FAULT_HEADER = "x-stt-fault"
@@ -181,3 +186,90 @@ def _error_rule(chart: Chart, name: str, item: str) -> Rule:
             return rule
     raise FaultError(f"{item!r}: the {chart.name} dialect has no error {name!r} (its errors: "
                      f"{', '.join(vendor_errors(chart))}; or a rule id of its chart)")
+
+
+class FaultRunner:
+    """One session's fault plan, carried out: it owns what the plan's carrying out remembers (the timed triggers
+    still to come, whether the stall has happened, a partial held back to be sent after the next).
+
+    The session asks it: `limits(limits)`, its limits under the plan (idle=); `at_open()`, the triggers due as
+    soon as the connection is open; `due(audio_seconds)`, the timed triggers the audio has now reached (each
+    once); and, for every item its writer sends, `await on_send(item, frames)`: the frames to send instead (a
+    Trigger's own frames, or the item's delayed, doubled, swapped or held), or None when the session ended
+    while the plan held them up. `wait(seconds)` is the session's wait for a fault (until the session ends or
+    the connection closes, at the latest), `ended()` whether the session has ended, `audio_seconds()` the audio
+    decoded so far. An empty plan changes nothing and never waits."""
+
+    def __init__(self, plan: FaultPlan, dialect, *, wait: Callable[[float], Awaitable[None]],
+                 ended: Callable[[], bool], audio_seconds: Callable[[], float]):
+        self.plan, self.dialect = plan, dialect
+        self._wait, self._ended, self._audio_seconds = wait, ended, audio_seconds
+        self._timed = sorted((t for t in plan.triggers if t.at is not None), key=lambda t: t.at)
+        self._stalled = False  # the stall has happened
+        self._held_partial: list | None = None  # reorder-partials: the partial's frames sent after the next one
+
+    def __bool__(self) -> bool:
+        return bool(self.plan)
+
+    @property
+    def text(self) -> str:
+        return self.plan.text
+
+    def limits(self, limits):
+        """A session's limits (stt.session.SessionLimits) under the plan: its idle timeout, where it sets one."""
+        return attrs.evolve(limits, idle_timeout=self.plan.idle_timeout) if self.plan.idle_timeout else limits
+
+    def at_open(self) -> list[Trigger]:
+        return [t for t in self.plan.triggers if t.at is None]
+
+    def due(self, audio_seconds: float) -> list[Trigger]:
+        """The timed triggers that `audio_seconds` of audio have reached and that have not been due before."""
+        due = []
+        while self._timed and self._timed[0].at <= audio_seconds:
+            due.append(self._timed.pop(0))
+        return due
+
+    async def on_send(self, item, frames: list) -> list | None:
+        """The frames the writer sends for `item` (whose own are `frames`: none for a Trigger), or None: the
+        session ended meanwhile, and nothing more goes out."""
+        if isinstance(item, Trigger):
+            frames = self._trigger_frames(item)
+        if not self.plan:
+            return frames
+        frames = await self._faulted(item, frames)
+        return None if self._ended() else frames
+
+    def _trigger_frames(self, trigger: Trigger) -> list:
+        """What an injected fault sends before it ends the session (if it does): a warning or a non-fatal error
+        of the dialect, or its shutdown notice. A fatal error's frame is sent by the session's close, like any
+        ending's."""
+        if trigger.shutdown:
+            return render_shutting_down(self.dialect, ShuttingDown(time.time()))
+        if not trigger.rule.fatal:
+            return self.dialect.render_violation(Violation(trigger.rule, "injected fault"))
+        return []
+
+    async def _faulted(self, item, frames: list) -> list:
+        """The frames of `item` as the fault plan would have them: later, twice, swapped with the next partial,
+        or not for a while (a stall)."""
+        plan = self.plan
+        if plan.stall_at is not None and not self._stalled and (self._audio_seconds() > plan.stall_at or
+                                                                 plan.stall_at == 0):
+            self._stalled = True
+            await self._wait(plan.stall_for)
+        if isinstance(item, (Partial, Final)) and plan.delay:
+            await self._wait(plan.delay)
+        elif isinstance(item, AudioAccepted) and plan.ack_delay:
+            await self._wait(plan.ack_delay)
+        if isinstance(item, Partial) and frames:
+            if plan.duplicate_partials:
+                frames = frames + frames
+            if plan.reorder_partials:
+                held, self._held_partial = self._held_partial, None
+                if held is None:
+                    self._held_partial = frames
+                    return []
+                return frames + held
+        if self._held_partial is not None and not isinstance(item, AudioAccepted):  # acks may overtake it
+            frames, self._held_partial = self._held_partial + frames, None
+        return frames

@@ -23,13 +23,11 @@ from stt import transport
 from stt.admin import open_admin
 from stt.admission import Admission, Unlimited
 from stt.audio import FileBuffers
-from stt.conformance.checks import write_client_report
-from stt.conformance.logbook import CONFORMANCE_HEADER, CONFORMANCE_QUERY, open_logbook
 from stt.dialects import dialect_for
 from stt.dialects.base import Dialect, Handshake, HandshakeRefused, subprotocol_to_accept
 from stt.engines import open_engine
 from stt.engines.base import Engine
-from stt.faults import FAULT_HEADER, FAULT_QUERY, FaultError, parse_faults, within_limits
+from stt.faults import FAULT_HEADER, FAULT_QUERY, FaultError
 from stt.metrics import Metrics
 from stt.redaction import connection_secrets, redact, redact_path
 from stt.session import Session
@@ -37,15 +35,10 @@ from stt.settings import AUTO, ServerConfig, session_limit
 from stt.startup import startup_lines
 from stt.events import Violation
 from stt.statechart import load_chart
+from stt.testmodes import ALLOW_CLIENT_FAULTS_FLAG, ClientFaultsRefused, TestModes
 from stt.transport import PendingHandshakes, open_tcp_listeners, tls_context
 
 log = logging.getLogger("stt.server")
-
-ALLOW_CLIENT_FAULTS_FLAG = "--allow-client-faults"
-#: What a client that asks for a fault plan gets from a server that does not allow them: 403 and this, so that a
-#: tester learns at once why no fault came (a plan ignored in silence would make a test pass for no reason).
-CLIENT_FAULTS_OFF = (f"fault injection by clients ({FAULT_HEADER}, {FAULT_QUERY}) is off on this server: start it "
-                     f"with {ALLOW_CLIENT_FAULTS_FLAG} (or --conformance)\n")
 
 
 class ConnectionCount:
@@ -78,9 +71,12 @@ class _Progress:
 
 
 class Server:
-    def __init__(self, config: ServerConfig, engine: Engine):
+    def __init__(self, config: ServerConfig, engine: Engine, test_modes: TestModes | None = None):
         self.config = config
         self.engine = engine
+        #: Each connection's handshake, fault plan and recorder (stt.testmodes); None: as config asks, but without
+        #: the reports of recorded sessions, which the kit's modes add (the command line passes those).
+        self.test_modes = test_modes if test_modes is not None else TestModes.from_config(config)
         self.keys = config.api_keys
         self.lifecycle_chart = load_chart("lifecycle")
         self.sessions: set[Session] = set()
@@ -171,8 +167,9 @@ class Server:
 
     async def _handle(self, request: WebSocketRequest, progress: _Progress | None = None) -> None:
         progress = progress if progress is not None else _Progress()
-        handshake, client_plan, record = self._conformance_asks(Handshake.from_target(
+        modes = self.test_modes.for_connection(Handshake.from_target(
             request.path, request.headers, request.proposed_subprotocols))
+        handshake = modes.handshake
         lifecycle = self.lifecycle_chart.machine()
         lifecycle.advance("handshake")
         dialect_cls = dialect_for(handshake.path)
@@ -185,19 +182,15 @@ class Server:
             log.info("no dialect serves %s: 404", path)
             await request.reject(404, body=f"no dialect serves the path {handshake.path}\n".encode())
             return
-        if client_plan is not None and not self.client_faults_allowed and not client_plan.strip():
-            client_plan = None  # an empty plan asks for nothing, and may not set the operator's --fault aside
-        if client_plan is not None and not self.client_faults_allowed:
+        try:
+            faults = modes.fault_plan(dialect_cls.chart)
+        except ClientFaultsRefused as refusal:
             lifecycle.advance("reject")
             self.metrics.reject(dialect_cls.name, "client_faults_off")
             log.info("%s: a client fault plan refused (403): %s lifts this", path, ALLOW_CLIENT_FAULTS_FLAG,
                      extra={"dialect": dialect_cls.name, "reason": "client_faults_off"})
-            await request.reject(403, body=CLIENT_FAULTS_OFF.encode())
+            await request.reject(403, body=refusal.body.encode())
             return
-        try:
-            faults = parse_faults(client_plan if client_plan is not None else self.config.faults, dialect_cls.chart)
-            if client_plan is not None:  # never beyond the operator's own limits
-                faults = within_limits(faults, self.config.limits.idle_timeout, self.config.limits.max_session_seconds)
         except FaultError as exc:
             lifecycle.advance("reject")
             self.metrics.reject(dialect_cls.name, "bad_fault_plan")
@@ -254,11 +247,8 @@ class Server:
             else:
                 self.sessions.add(session)
             try:
-                opened = trio.current_time()
-                with open_logbook(self.config.conformance_dir, session.id, dialect, handshake, faults.text,
-                                  lambda: trio.current_time() - opened) if record \
-                        else contextlib.nullcontext() as logbook:
-                    session.logbook = logbook
+                async with modes.recorder(session.id, dialect, faults) as recorder:
+                    session.recorder = recorder
                     ending = await session.run()
                 self.endings[(dialect.name, ending.name, ending.rule.id)] += 1
                 self.metrics.ended(dialect.name, ending.name, ending.rule.id, session.close_code)
@@ -272,32 +262,7 @@ class Server:
                 session.metrics.closed()
             finally:
                 self.sessions.discard(session)
-            if record:
-                await self._write_client_report(session.id)
-
-    async def _write_client_report(self, session: str) -> None:
-        try:
-            paths = await trio.to_thread.run_sync(write_client_report, self.config.conformance_dir, session)
-        except Exception:
-            log.exception("session %s: the client-conformance report could not be written", session)
-        else:
-            log.info("session %s: client-conformance report %s", session, paths[0],
-                     extra={"session": session, "report": str(paths[0])})
-
-    @property
-    def client_faults_allowed(self) -> bool:
-        """Whether connections may bring their own fault plan: --allow-client-faults, or --conformance."""
-        return self.config.allow_client_faults or self.config.conformance_dir is not None
-
-    def _conformance_asks(self, handshake: Handshake) -> tuple[Handshake, str | None, bool]:
-        """The handshake without stt's own query parameters, which no dialect knows; the connection's own fault
-        plan (None: it gave none); and whether to record it (conformance mode, and its opt-in)."""
-        query = {k: v for k, v in handshake.query.items() if k not in (FAULT_QUERY, CONFORMANCE_QUERY)}
-        faults = handshake.headers.get(FAULT_HEADER, handshake.query.get(FAULT_QUERY))
-        asked = (handshake.headers.get(CONFORMANCE_HEADER) or handshake.query.get(CONFORMANCE_QUERY) or "").lower()
-        record = self.config.conformance_dir is not None and (
-            not self.config.conformance_opt_in or asked in ("1", "true", "yes"))
-        return attrs.evolve(handshake, query=query), faults, record
+            await modes.finished(session.id)  # a recorded session's report
 
     # --- admission and readiness ---------------------------------------------------------------------------
 
@@ -333,13 +298,13 @@ class Server:
 
 
 @asynccontextmanager
-async def open_server(config: ServerConfig) -> AsyncIterator[Server]:
+async def open_server(config: ServerConfig, test_modes: TestModes | None = None) -> AsyncIterator[Server]:
     """Load the engine, listen, and serve until the block exits, which cancels whatever still runs (`shut_down`
-    first lets the sessions finish). `server.port` is the bound port."""
+    first lets the sessions finish). `server.port` is the bound port; `test_modes`, the Server's."""
     ssl_context = tls_context(config.certfile, config.keyfile) if config.certfile else None
     async with open_admin(config.admin_host, config.admin_port) as admin, \
             open_engine(config.engine, workers=config.decode_workers, **config.engine_options) as engine:
-        server = Server(config, engine)
+        server = Server(config, engine, test_modes)
         server.admin_port = admin.port
         admin.serve(server.readiness, server.metrics.exposition)  # the admin port is up while the engine loads
         async with trio.open_nursery() as nursery:  # connections run here: closing the listeners leaves them be
@@ -410,13 +375,13 @@ async def shut_down(server: Server, grace: float) -> None:
         log.info("shut down: every connection closed")
 
 
-async def serve(config: ServerConfig, *, supervisor=None) -> None:
+async def serve(config: ServerConfig, *, supervisor=None, test_modes: TestModes | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (`shut_down`, config.shutdown_grace); a second
     signal ends what is left at once. A worker of `serve_workers` also takes orders from its `supervisor` (the
     reading end of a multiprocessing Pipe): DRAIN begins a graceful shutdown, or adds nothing to one under way
     (the signal may have reached the worker too); NOW stops at once; a supervisor that is gone counts as DRAIN."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:  # before the listener opens: no signal is lost
-        async with open_server(config) as server, trio.open_nursery() as nursery:
+        async with open_server(config, test_modes) as server, trio.open_nursery() as nursery:
             send, stop_requests = trio.open_memory_channel(math.inf)
             nursery.start_soon(_relay_signals, signals, send)
             if supervisor is not None:

@@ -15,17 +15,17 @@ TCP pushes back: nothing is buffered without bound. A client that does not read 
 the same way. Every way a session ends is one call to `_end`, with an ending name (stt.statechart.ENDINGS)
 or a broken rule; `_close` then maps it, in this one place, to the dialect's error frame and close code.
 
-Two optional parts, for testing clients: a logbook (stt.conformance.logbook, `stt serve --conformance`) gets
-every frame in and out with the dialect's state after it, and how the session ended; a fault plan (stt.faults)
-makes the session misbehave on request (drop, close, a vendor error, late or stalled results) at given
-seconds of audio.
+Two test modes plug in from outside (stt.testmodes), for testing clients: a recorder (stt.recording; a
+NullRecorder, which keeps nothing, unless the server records the session) gets every frame in and out with the
+dialect's state after it, and how the session ended; a fault plan (stt.faults), carried out by its FaultRunner,
+makes the session misbehave on request (drop, close, a vendor error, late or stalled results) at given seconds
+of audio.
 """
 
 from __future__ import annotations
 
 import logging
 import math
-import time
 import uuid
 from collections import Counter, deque
 from contextlib import AsyncExitStack, aclosing
@@ -37,7 +37,6 @@ import trio
 from trio_websocket import ConnectionClosed, WebSocketConnection
 
 from stt.admission import Ticket, Unlimited
-from stt.audio import BadAudio, UnsupportedAudio, open_decoder
 from stt.audio import (AudioLimitExceeded, BadAudio, DecodeRate, FileBuffers, FileBuffersFull, UnsupportedAudio,
                        open_decoder)
 from stt.dialects.base import Dialect, render_shutting_down
@@ -63,9 +62,9 @@ from stt.events import (
     SpeechStopped,
     Violation,
 )
-from stt.conformance.logbook import Logbook
-from stt.faults import DROP, FaultPlan, Trigger
+from stt.faults import DROP, FaultPlan, FaultRunner, Trigger
 from stt.metrics import Metrics, SessionMetrics
+from stt.recording import NULL_RECORDER, SessionRecorder
 from stt.redaction import connection_secrets, redact, redact_path
 from stt.statechart import ChartMachine, Rule
 
@@ -163,7 +162,7 @@ class Session:
         admission: Ticket | None = None,
         allow_private_urls: bool = False,
         metrics: SessionMetrics | None = None,
-        logbook: Logbook | None = None,
+        recorder: SessionRecorder = NULL_RECORDER,
         faults: FaultPlan = FaultPlan(""),
         file_buffers: FileBuffers | None = None,
     ):
@@ -172,14 +171,13 @@ class Session:
         self.dialect = dialect
         self.engine = engine
         self.lifecycle = lifecycle
-        self.faults = faults  # what the client asked the server to do wrong (stt.faults)
+        #: What the client asked the server to do wrong (stt.faults), carried out.
+        self.faults = FaultRunner(faults, dialect, wait=self._fault_wait, ended=lambda: self.ending is not None,
+                                  audio_seconds=lambda: self.audio_seconds)
         self.file_buffers = file_buffers  # the server's budget for files decoded whole, all sessions together
         self._rendering: trio.Event | None = None  # set when a costly render, in a worker thread, is done
         self._dialect_held = 0  # bytes of file_buffers taken for the audio the dialect keeps (kept_bytes)
-        self.limits = attrs.evolve(limits, idle_timeout=faults.idle_timeout) if faults.idle_timeout else limits
-        self._timed_faults = sorted((t for t in faults.triggers if t.at is not None), key=lambda t: t.at)
-        self._stalled = False  # the stall fault has happened
-        self._held_partial: list | None = None  # reorder-partials: the partial's frames sent after the next one
+        self.limits = self.faults.limits(limits)
         self._ended = trio.Event()  # an ending is decided (faults' waits stop then)
         #: The server's key check and this session's hold on its limits (stt.admission): a key that comes in the
         #: start message is checked and counted there.
@@ -189,7 +187,7 @@ class Session:
         self._configured = False  # the dialect's start message (a Configure) has arrived
         self.allow_private_urls = allow_private_urls  # FetchAudio may read from private addresses
         self.metrics = metrics or Metrics().session(dialect.name)  # the server's, or a session's own
-        self.logbook = logbook  # conformance mode: every frame, state and ending is recorded
+        self.recorder = recorder  # every frame, state and ending, told (stt.recording)
         self.close_code: int | None = None  # the close code, once closed (1006: the connection dropped)
         self._opened = trio.current_time()  # the max_session_seconds clock starts with the connection
         self._arrivals: deque[float] = deque()  # when each audio frame still queued for the decoder arrived
@@ -204,7 +202,7 @@ class Session:
         self._last_speech = trio.current_time()  # when the engine last reported speech (or the session began)
         self._finished = False  # the dialect's end-of-stream exchange is complete
         self._ready = trio.Event()
-        self._peeking: trio.CancelScope | None = None  # conformance mode: waiting for a frame before _ready
+        self._peeking: trio.CancelScope | None = None  # a recorded session: waiting for a frame before _ready
         self._early: str | bytes | None = None  # ... and the frame that came, handled once the session started
         self._greeted = trio.Event()  # the greeting (if any) has gone out
         self._nursery: trio.Nursery | None = None
@@ -261,9 +259,8 @@ class Session:
                 nursery.start_soon(self._speech_idle, self.dialect.speech_idle_timeout)
             if self.limits.max_session_seconds:
                 nursery.start_soon(self._time_limit, self.limits.max_session_seconds)
-            for trigger in self.faults.triggers:
-                if trigger.at is None:  # as soon as the connection is open
-                    await self._out_send.send(trigger)
+            for trigger in self.faults.at_open():  # as soon as the connection is open
+                await self._out_send.send(trigger)
 
     def refuse(self, ending: str, detail: str = "") -> None:
         """Decide before run() that the session ends as `ending` (the server's admission limits: "busy"): run()
@@ -298,8 +295,7 @@ class Session:
                 try:
                     for frame in self.dialect.render_violation(Violation(rule, ending.detail)):
                         await self.ws.send_message(frame)
-                        if self.logbook is not None:
-                            self.logbook.frame("out", frame, self.dialect.machine.state)
+                        self.recorder.frame_out(frame, self.dialect.machine.state)
                 except ConnectionClosed:
                     pass
             with trio.move_on_after(self.limits.send_timeout):  # cancelled, aclose still closes the stream
@@ -311,8 +307,7 @@ class Session:
         previous_state = self.lifecycle.state
         self.lifecycle.advance("end")
         self.dialect.machine.advance("close")
-        if self.logbook is not None:
-            self.logbook.closed(self.close_code, ending.name, rule.id, ending.detail, self.dialect.machine.state)
+        self.recorder.closed(self.close_code, ending.name, rule.id, ending.detail, self.dialect.machine.state)
         log.log(
             # A client that closes before the exchange completes loses results: a client error, logged as such.
             logging.INFO if ending.name == "normal" or (rule.close == 1000 and ending.name != "client_closed")
@@ -407,8 +402,7 @@ class Session:
                     events = self.dialect.receive(frame)
                     if not self._hold_kept_audio():
                         await trio.lowlevel.checkpoint()  # ended busy: we are cancelled here
-                    if self.logbook is not None:
-                        self.logbook.frame("in", frame, self.dialect.machine.state, events, early=early is not None)
+                    self.recorder.frame_in(frame, self.dialect.machine.state, events, early=early is not None)
                     for event in events:
                         await self._handle(event)
             if idle.cancelled_caught and not self._configured and trio.current_time() >= start_by:
@@ -445,8 +439,7 @@ class Session:
 
     async def _handle(self, event: object) -> None:
         if isinstance(event, Violation):
-            if self.logbook is not None:
-                self.logbook.violation(event.rule.id, event.detail)
+            self.recorder.violation(event.rule.id, event.detail)
             if event.rule.fatal:
                 self._end(event.rule, event.detail)
                 await trio.lowlevel.checkpoint()  # we are cancelled here
@@ -467,8 +460,7 @@ class Session:
             self.audio_frames += 1
             await self._out_send.send(AudioAccepted(self.audio_frames))
         elif isinstance(event, Configure):
-            if self.logbook is not None:
-                self.logbook.configured(event.audio)
+            self.recorder.configured(event.audio)
             if self.dialect.credential_in_start and not self._authorise(self.dialect.credential()):
                 self._end("unauthorised", "missing or invalid API key")  # the key came in the start message
                 await trio.lowlevel.checkpoint()  # we are cancelled here
@@ -479,7 +471,7 @@ class Session:
                     await trio.lowlevel.checkpoint()  # we are cancelled here
             self._configured = True
             await self._audio_send.send(event)
-            if self.logbook is not None:
+            if self.recorder.marks_early_frames:
                 await self._note_early_frame()
             await self._ready.wait()  # read nothing more until the session has started
         elif isinstance(event, (Reconfigure, Flush, EndOfAudio)):
@@ -498,9 +490,9 @@ class Session:
             self._peeking.cancel()
 
     async def _note_early_frame(self) -> None:
-        """Conformance mode: a frame that arrives before the session has started (before RecognitionStarted,
+        """A recorded session: a frame that arrives before the session has started (before RecognitionStarted,
         session.updated or listening has even been written) is one the client sent without waiting for it. stt
-        serves it all the same, once the session has started; the logbook marks it "early" for the client's
+        serves it all the same, once the session has started; the recorder marks it "early" for the client's
         report (the waits_for_start client rules)."""
         with trio.CancelScope() as self._peeking:
             if not self._ready.is_set():
@@ -580,8 +572,8 @@ class Session:
                 samples = await self._run_decoder(decoder.decode, b"".join(chunks))
                 await self._throttle(rate.spend(decoder.decoded - decoded, trio.current_time()))
                 self.audio_samples += samples.shape[-1]
-                while self._timed_faults and self._timed_faults[0].at <= self.audio_seconds:
-                    await self._out_send.send(self._timed_faults.pop(0))  # after the results so far
+                for trigger in self.faults.due(self.audio_seconds):
+                    await self._out_send.send(trigger)  # after the results so far
                 self.metrics.audio(self.audio_seconds, self._arrived(len(chunks)))
                 results = await self._timed(stream.feed(samples)) if samples.size else []
             elif isinstance(item, Reconfigure):
@@ -687,25 +679,23 @@ class Session:
                                                                              and item.words):
                         self._last_speech = trio.current_time()
                     if isinstance(item, Trigger):
-                        frames = self._fault_frames(item)
+                        frames = []  # the fault runner's own, below
                     elif isinstance(item, Reply):
                         frames = item.frames
                     else:
                         frames = await self._render(item)
                     if isinstance(item, SessionStarted):
                         self._started()  # the dialect has moved on (RecognitionStarted, ...): read on
-                    if self.faults:
-                        frames = await self._faulted(item, frames)
-                        if self.ending is not None:
-                            return
+                    frames = await self.faults.on_send(item, frames)  # as the fault plan has them (stt.faults)
+                    if frames is None:
+                        return  # the session ended while the plan held them
                     for frame in frames:
                         sending.deadline = trio.current_time() + self.limits.send_timeout
                         try:
                             await self.ws.send_message(frame)
                         except ConnectionClosed:
                             return  # the reader sees the close and ends the session
-                        if self.logbook is not None:
-                            self.logbook.frame("out", frame, self.dialect.machine.state)
+                        self.recorder.frame_out(frame, self.dialect.machine.state)
                     sending.deadline = math.inf
                     if frames and isinstance(item, (Partial, Final)):
                         self.metrics.sent(item, trio.current_time())  # the result's lag
@@ -747,41 +737,7 @@ class Session:
         while self._rendering is not None:
             await self._rendering.wait()
 
-    # --- injected faults (stt.faults) -----------------------------------------------------------------------
-
-    def _fault_frames(self, trigger: Trigger) -> list:
-        """What an injected fault sends before it ends the session (if it does): a warning or a non-fatal error
-        of the dialect, or its shutdown notice. A fatal error's frame is sent by _close, like any ending's."""
-        if trigger.shutdown:
-            return render_shutting_down(self.dialect, ShuttingDown(time.time()))
-        if not trigger.rule.fatal:
-            return self.dialect.render_violation(Violation(trigger.rule, "injected fault"))
-        return []
-
-    async def _faulted(self, item, frames: list) -> list:
-        """The frames of `item` as the fault plan would have them: later, twice, swapped with the next partial,
-        or not for a while (a stall)."""
-        plan = self.faults
-        if plan.stall_at is not None and not self._stalled and (self.audio_seconds > plan.stall_at or
-                                                                 plan.stall_at == 0):
-            self._stalled = True
-            await self._fault_wait(plan.stall_for)
-        if isinstance(item, (Partial, Final)) and plan.delay:
-            await self._fault_wait(plan.delay)
-        elif isinstance(item, AudioAccepted) and plan.ack_delay:
-            await self._fault_wait(plan.ack_delay)
-        if isinstance(item, Partial) and frames:
-            if plan.duplicate_partials:
-                frames = frames + frames
-            if plan.reorder_partials:
-                held, self._held_partial = self._held_partial, None
-                if held is None:
-                    self._held_partial = frames
-                    return []
-                return frames + held
-        if self._held_partial is not None and not isinstance(item, AudioAccepted):  # acks may overtake it
-            frames, self._held_partial = self._held_partial + frames, None
-        return frames
+    # --- injected faults (stt.faults: the FaultRunner waits so) ----------------------------------------------
 
     async def _fault_wait(self, seconds: float) -> None:
         """Wait, as a fault asks, until the session ends or the connection closes at the latest (the reader may

@@ -20,18 +20,20 @@ import trio
 from stt.logs import configure_logging
 from stt.server import DRAIN, NOW, STOP_SIGNALS, serve
 from stt.settings import ServerConfig
+from stt.testmodes import TestModes
 
 log = logging.getLogger("stt.server")  # the logger these lines have always had, which operators filter on
 
 
-def serve_workers(config: ServerConfig, workers: int, *, log_level: str = "info", log_format: str = "auto") -> int:
+def serve_workers(config: ServerConfig, workers: int, *, log_level: str = "info", log_format: str = "auto",
+                  test_modes: TestModes | None = None) -> int:
     """Run `workers` server processes on config.port (SO_REUSEPORT: the kernel spreads connections among them),
     each with its own engine of config.decode_workers decoders (default: the cores shared out), and supervise
     them: SIGTERM or SIGINT tells them all to drain, a second one to stop at once. A worker that exits by itself
     (killed, crashed) is restarted, after a back-off, while the others go on serving the port; when workers die
     MAX_RESTARTS times within RESTART_WINDOW seconds the supervisor gives up and stops them all. Returns 0 when
     every worker exited cleanly at the end, else 1 (also when it gave up)."""
-    return trio.run(_supervise, worker_config(config, workers), workers, log_level, log_format)
+    return trio.run(_supervise, worker_config(config, workers), workers, log_level, log_format, test_modes)
 
 
 def worker_config(config: ServerConfig, workers: int) -> ServerConfig:
@@ -50,7 +52,8 @@ RESTART_WINDOW = 60.0
 MAX_RESTARTS = 5
 
 
-async def _supervise(config: ServerConfig, count: int, log_level: str, log_format: str) -> int:
+async def _supervise(config: ServerConfig, count: int, log_level: str, log_format: str,
+                     test_modes: TestModes | None = None) -> int:
     context = multiprocessing.get_context("spawn")  # trio runs threads; forking a threaded process is unsafe
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals, _shared_port(config.host, config.port) as port:
         config = attrs.evolve(config, port=port)
@@ -59,7 +62,7 @@ async def _supervise(config: ServerConfig, count: int, log_level: str, log_forma
         def start(index: int):
             reading, writing = context.Pipe(duplex=False)
             process = context.Process(target=_worker_main, name=f"stt-worker-{index}",
-                                      args=(config, index, count, reading, log_level, log_format))
+                                      args=(config, index, count, reading, log_level, log_format, test_modes))
             process.start()
             reading.close()
             workers[index] = (process, writing)
@@ -157,8 +160,9 @@ def _shared_port(host: str | None, port: int) -> Iterator[int]:
         yield holder.getsockname()[1]
 
 
-def _worker_main(config: ServerConfig, index: int, count: int, supervisor, log_level: str, log_format: str) -> None:
+def _worker_main(config: ServerConfig, index: int, count: int, supervisor, log_level: str, log_format: str,
+                 test_modes: TestModes | None = None) -> None:
     """One worker process of serve_workers (spawned: a fresh interpreter, so logging is set up again)."""
     configure_logging(log_level, log_format)
     log.info("worker %d of %d (pid %d)", index, count, os.getpid(), extra={"worker": index})
-    trio.run(functools.partial(serve, config, supervisor=supervisor))
+    trio.run(functools.partial(serve, config, supervisor=supervisor, test_modes=test_modes))

@@ -14,6 +14,7 @@ import trio_websocket
 import trio.testing
 from trio_websocket import ConnectionClosed, open_websocket_url
 
+from stt.conformance.checks import modes_with_reports
 from stt.engines.inline_host import InlineEngine
 from stt.engines.scripted import ScriptedRecognizer
 from stt.server import Server, open_server
@@ -66,7 +67,8 @@ def frames_of(data: bytes, size: int = 640) -> list[bytes]:
 @asynccontextmanager
 async def running_server(engine: str = "scripted", **config):
     limits = config.pop("limits", SessionLimits())
-    async with open_server(ServerConfig(port=0, engine=engine, limits=limits, **config)) as server:
+    server_config = ServerConfig(port=0, engine=engine, limits=limits, **config)
+    async with open_server(server_config, modes_with_reports(server_config)) as server:
         yield server
 
 
@@ -184,7 +186,8 @@ async def session_pair(engine=None, limits=SessionLimits(), streams=None, path="
     """A Server (no listener) handling one in-memory connection; yields (server, client websocket).
     `streams` is a (client, server) stream pair; by default an unbounded in-memory one."""
     engine = engine or InlineEngine("scripted", 16000, ScriptedRecognizer)
-    server = Server(ServerConfig(limits=limits, **config), engine)
+    server_config = ServerConfig(limits=limits, **config)
+    server = Server(server_config, engine, modes_with_reports(server_config))
     client_stream, server_stream = streams or trio.testing.memory_stream_pair()
     async with trio.open_nursery() as nursery:
 

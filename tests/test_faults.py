@@ -1,8 +1,10 @@
-"""Fault injection (stt.faults, carried out by the session): the plan's grammar, and each fault over real sockets
-against the scripted engine, as a client asking for it by header or query parameter would see it."""
+"""Fault injection (stt.faults, carried out for the session by its FaultRunner): the plan's grammar, the runner's
+one call per item the writer sends, and each fault over real sockets against the scripted engine, as a client
+asking for it by header or query parameter would see it."""
 
 import json
 
+import attrs
 import pytest
 import trio
 from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_url
@@ -10,7 +12,8 @@ from trio_websocket import ConnectionClosed, ConnectionRejected, open_websocket_
 from stt.config import ConfigError, resolve, server_config
 from stt.cli import _parser
 from stt.dialects import DIALECTS
-from stt.faults import DROP, FaultError, parse_faults, within_limits
+from stt.events import AudioAccepted, Final, Partial, Reply, ShuttingDown
+from stt.faults import DROP, FaultError, FaultRunner, parse_faults, within_limits
 from stt.session import SessionLimits
 from tests.helpers import frames_of, running_server, silence, start_message
 
@@ -358,3 +361,104 @@ async def test_without_the_permission_an_empty_client_plan_does_not_set_the_oper
         async with await speechmatics(server, query="?stt_fault=") as ws:
             messages, code = await messages_until_closed(ws)
         assert messages[-1]["type"] == "quota_exceeded" and code == 4005
+
+
+# --- the runner: one session's plan, carried out (FaultRunner) -------------------------------------------------
+
+
+@attrs.define
+class Announcing:
+    """A dialect's rendering of what faults send: a warning, and a shutdown notice."""
+
+    announces_shutdown: bool = True
+
+    def render(self, event):
+        assert isinstance(event, ShuttingDown)
+        return ["shutting down"]
+
+    def render_violation(self, violation):
+        return [f"warning {violation.rule.id}: {violation.detail}"]
+
+
+@attrs.define
+class SessionSide:
+    """What a FaultRunner asks of its session: its waits (noted, not waited), whether it has ended, its audio."""
+
+    waits: list = attrs.field(factory=list)
+    ended: bool = False
+    audio: float = 0.0
+    end_while_waiting: bool = False
+
+    async def wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
+        self.ended = self.ended or self.end_while_waiting
+
+    def runner(self, text: str) -> FaultRunner:
+        return FaultRunner(parse_faults(text, CHARTS["speechmatics"]), Announcing(), wait=self.wait,
+                           ended=lambda: self.ended, audio_seconds=lambda: self.audio)
+
+
+PARTIAL, FINAL, ACK = Partial((), 0.0, 1.0), Final((), 0.0, 1.0), AudioAccepted(1)
+
+
+async def test_an_empty_plan_sends_each_frame_as_it_is_and_never_waits():
+    side = SessionSide(ended=True)  # even a session that has ended gets its frames back: only a plan holds them
+    runner = side.runner("")
+    assert not runner and runner.at_open() == [] and runner.due(1e9) == []
+    for item in (PARTIAL, FINAL, ACK, Reply(("r",))):
+        assert await runner.on_send(item, ["frame"]) == ["frame"]
+    assert side.waits == [] and runner.limits(SessionLimits()) == SessionLimits()
+
+
+def test_timed_triggers_fall_due_once_each_in_the_order_of_their_audio_time():
+    runner = SessionSide().runner("close=4005@2s, drop@1s, error=quota_exceeded")
+    assert [t.rule.id for t in runner.at_open()] == ["SM-LIMIT-001"]
+    assert runner.due(0.5) == []
+    assert [t.rule.id for t in runner.due(1.0)] == ["FAULT-DROP"]
+    assert [t.rule.id for t in runner.due(10.0)] == ["FAULT-CLOSE"]
+    assert runner.due(20.0) == [] and runner.due(1.0) == []
+
+
+async def test_a_trigger_sends_the_dialects_warning_or_shutdown_notice_and_a_fatal_error_nothing_of_its_own():
+    runner = SessionSide().runner("error=add_audio_after_eos, shutdown, error=quota_exceeded")
+    warning, shutdown, fatal = runner.at_open()
+    assert await runner.on_send(warning, []) == [f"warning {warning.rule.id}: injected fault"]
+    assert await runner.on_send(shutdown, []) == ["shutting down"]
+    assert fatal.rule.fatal and await runner.on_send(fatal, []) == []  # the session's close sends its error
+
+
+async def test_partials_are_doubled_or_swapped_pairwise_and_acks_may_overtake_a_held_one():
+    doubled = SessionSide().runner("duplicate-partials")
+    assert await doubled.on_send(PARTIAL, ["p"]) == ["p", "p"]
+    assert await doubled.on_send(FINAL, ["f"]) == ["f"]
+
+    swapped = SessionSide().runner("reorder-partials")
+    assert await swapped.on_send(PARTIAL, ["p1"]) == []  # held
+    assert await swapped.on_send(ACK, ["ack"]) == ["ack"]  # goes past it
+    assert await swapped.on_send(PARTIAL, ["p2"]) == ["p2", "p1"]
+    assert await swapped.on_send(PARTIAL, ["p3"]) == []
+    assert await swapped.on_send(FINAL, ["f"]) == ["p3", "f"]  # a held partial never outlives the next result
+    assert await swapped.on_send(PARTIAL, []) == []  # a partial the dialect does not send is not held
+
+
+async def test_results_and_acks_wait_as_the_plan_says_and_the_stall_comes_once_past_its_audio_time():
+    side = SessionSide()
+    runner = side.runner("delay=500ms, ack-delay=20ms, stall=2s@3s")
+    assert await runner.on_send(PARTIAL, ["p"]) == ["p"] and await runner.on_send(FINAL, ["f"]) == ["f"]
+    assert await runner.on_send(ACK, ["a"]) == ["a"] and await runner.on_send(Reply(("r",)), ["r"]) == ["r"]
+    assert side.waits == [0.5, 0.5, 0.02]
+    side.waits.clear()
+    side.audio = 3.5
+    await runner.on_send(Reply(("r",)), ["r"])
+    await runner.on_send(Reply(("r",)), ["r"])
+    assert side.waits == [2.0]  # once
+
+
+async def test_frames_a_fault_held_up_are_not_sent_once_the_session_has_ended_meanwhile():
+    side = SessionSide(end_while_waiting=True)
+    runner = side.runner("delay=1s")
+    assert await runner.on_send(PARTIAL, ["p"]) is None
+
+
+def test_an_idle_fault_sets_the_sessions_idle_timeout():
+    assert SessionSide().runner("idle=5s").limits(SessionLimits(idle_timeout=180)).idle_timeout == 5

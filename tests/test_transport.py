@@ -194,7 +194,7 @@ async def test_a_failure_after_the_upgrade_closes_1011_with_the_dialects_error(m
     def broken_logbook(*args, **kwargs):
         raise RuntimeError("the logbook cannot be opened")
 
-    monkeypatch.setattr("stt.server.open_logbook", broken_logbook)
+    monkeypatch.setattr("stt.testmodes.open_logbook", broken_logbook)
     async with running_server(conformance_dir=tmp_path) as server:
         async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2") as ws:
             messages, code = await receive_all(ws)
@@ -208,7 +208,7 @@ async def test_a_failure_before_the_upgrade_is_an_http_500(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("broken")
 
-    monkeypatch.setattr("stt.server.parse_faults", broken)
+    monkeypatch.setattr("stt.testmodes.parse_faults", broken)
     async with running_server() as server:
         with pytest.raises(ConnectionRejected) as refused:
             async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v2"):

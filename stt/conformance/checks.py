@@ -25,6 +25,7 @@ from stt.conformance.logbook import read_logbook
 from stt.conformance.report import CaseResult, Report, to_text, utc_now, write_report
 from stt.dialects import dialect_named
 from stt.statechart import CLIENT_CHECKS, Chart, ClientRule
+from stt.testmodes import TestModes
 
 #: Endings the client causes: the rule the chart names for each is the client's to keep.
 CLIENT_ENDINGS = ("idle_timeout", "message_too_large", "bad_audio", "unauthorised", "protocol_error", "invalid_utf8")
@@ -253,6 +254,12 @@ def _path(records: list[dict]) -> tuple[str, ...]:
 def write_client_report(directory: Path, session: str) -> list[Path]:
     """The report of the logbook DIR/<session>.jsonl, beside it (stt serve --conformance)."""
     return write_report(evaluate(read_logbook(directory / f"{session}.jsonl")), directory, session)
+
+
+def modes_with_reports(config) -> TestModes:
+    """The test modes `config` (a ServerConfig) asks for, each recorded session's client report written after it
+    (write_client_report): what `stt serve` runs its server with."""
+    return TestModes.from_config(config, report=write_client_report)
 
 
 def report_command(args) -> int:

@@ -93,6 +93,20 @@ def sessions_in(directory: Path, count: int, timeout: float = 20) -> dict[str, d
     return out
 
 
+def test_stt_serve_with_workers_records_and_reports_every_session_whichever_worker_serves_it(tmp_path):
+    """The test modes travel to each worker process (spawned): each session's logbook and its report."""
+    reports = tmp_path / "conformance"
+    with stt_serve("--engine", "scripted", "--workers", "2", "--conformance", str(reports)) as (port, log):
+        for _ in range(4):
+            assert trio.run(break_a_rule, port) == 1003
+        sessions = sessions_in(reports, 4)
+    assert len(sessions) == 4, "".join(log)
+    assert all(set(files) == {"jsonl", "json", "html", "xml"} for files in sessions.values()), sessions
+    for files in sessions.values():
+        report = from_json(files["json"].read_text(encoding="utf-8"))
+        assert [c.id for c in report.cases if c.failed] == ["SM-MSG-002"]
+
+
 def test_stt_serve_conformance_records_the_vendor_client_and_a_rule_breaking_one(tmp_path):
     reports = tmp_path / "conformance"  # not there yet: the server makes it
     with stt_serve("--engine", "scripted", "--conformance", str(reports)) as (port, log):
