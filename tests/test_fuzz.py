@@ -567,8 +567,19 @@ def _vb_health() -> tuple[Plan, Any]:
     return plan, ok
 
 
+def _dg_health() -> tuple[Plan, Any]:
+    plan = Plan("deepgram", "/v1/listen?model=nova-3&encoding=linear16&sample_rate=16000",
+                (("Authorization", f"Token {API_KEY}"),),
+                (*[Binary(silence(0.25)) for _ in range(8)], Text('{"type":"CloseStream"}')), ("wait",))
+
+    def ok(msgs):
+        return (any(m.get("type") == "Results" and m.get("is_final") and m["channel"]["alternatives"][0]["transcript"]
+                    for m in msgs) and msgs[-1].get("type") == "Metadata")
+    return plan, ok
+
+
 HEALTH = {"speechmatics": _sm_health, "voicerun": _vr_health, "yourvoic": _yv_health, "scriptix": _sx_health,
-          "vblaze": _vb_health}
+          "vblaze": _vb_health, "deepgram": _dg_health}
 
 
 # --- the tests --------------------------------------------------------------------------------------------------
