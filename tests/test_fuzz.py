@@ -421,7 +421,7 @@ PROTOCOL_REASONS = {1002: load_chart("lifecycle").ending("protocol_error").messa
                     1007: load_chart("lifecycle").ending("invalid_utf8").message}
 
 #: Upgrades a dialect may refuse, with these statuses (V-Blaze: a bad tag; a missing or wrong key).
-REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}}
+REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}, "deepgram": {400, 401}}
 
 
 def judge(dialect: str, plan: Plan, obs: Observed) -> list[str]:
