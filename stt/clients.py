@@ -240,8 +240,40 @@ class ScriptixClient(DialectClient):
         return out
 
 
+class DeepgramClient(DialectClient):
+    name, path = "deepgram", "/v1/listen"
+    waits_for_ready = False
+
+    def query(self, api_key):
+        return {"model": "nova-3", "encoding": "linear16", "sample_rate": str(RATE),
+                "interim_results": "true" if self.partials else "false", "smart_format": "true"}
+
+    def headers(self, api_key):
+        return [("Authorization", f"Token {api_key}")] if api_key else []
+
+    def closing(self):
+        return [json.dumps({"type": "CloseStream"})]
+
+    def read(self, frame):
+        msg, out = _json(frame), Reading()
+        if not isinstance(msg, dict):
+            return out
+        if msg.get("type") == "Results":
+            alternative = msg["channel"]["alternatives"][0]
+            words = tuple(Word(w.get("punctuated_word", w["word"]), w["start"], w["end"], w.get("confidence", 1.0))
+                          for w in alternative.get("words", []))
+            start = msg.get("start", 0.0)
+            out.segments.append(Segment(bool(msg.get("is_final")), alternative.get("transcript", "").strip(), words,
+                                        start, start + msg.get("duration", 0.0)))
+        elif msg.get("type") == "Metadata":
+            out.done = True
+        elif msg.get("type") == "Error":
+            out.error = f"{msg.get('variant')}: {msg.get('description')}"
+        return out
+
+
 CLIENTS: dict[str, type[DialectClient]] = {c.name: c for c in (SpeechmaticsClient, VoiceRunClient, YourVoicClient,
-                                                                VBlazeClient, ScriptixClient)}
+                                                                VBlazeClient, ScriptixClient, DeepgramClient)}
 
 
 __all__ = ["CLIENTS", "DialectClient", "Reading", "Segment"]

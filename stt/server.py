@@ -205,7 +205,7 @@ class Server:
             self.metrics.reject(dialect_cls.name, "bad_handshake")
             log.info("%s refused: %s", path, redact(str(refusal), connection_secrets(
                 handshake.path, handshake.query, handshake.headers, pattern)))
-            await request.reject(refusal.status, body=(refusal.body.rstrip("\n") + "\n").encode())
+            await reject(request, dialect_cls, refusal.status, refusal.body)
             return
         credential = dialect.credential()
         authorised = self.keys.allows(credential)
@@ -214,7 +214,7 @@ class Server:
             self.endings[(dialect.name, "unauthorised", dialect.chart.ending("unauthorised").id)] += 1
             self.metrics.reject(dialect.name, "unauthorised")
             log.info("%s: missing or invalid API key: 401", path)
-            await request.reject(401, body=b"missing or invalid API key\n")
+            await reject(request, dialect_cls, 401, "missing or invalid API key")
             return
         # Admission (stt.admission). A client without a valid key is not counted: its session ends at once (unless
         # the key may still come in its start message: then it is counted when it comes, by the ticket). The slot
@@ -227,11 +227,11 @@ class Server:
             reason, detail = busy
             self.metrics.reject(dialect.name, reason)
             log.info("%s: %s", path, detail, extra={"dialect": dialect.name, "reason": reason})
-            if dialect.refuses_busy_at_upgrade:  # V-Blaze: HTTP 503, as for no free stream
+            if dialect.refuses_busy_at_upgrade:  # V-Blaze: HTTP 503, as for no free stream; Deepgram 429
                 lifecycle.advance("reject")
                 rule = dialect.chart.ending("busy")
                 self.endings[(dialect.name, "busy", rule.id)] += 1
-                await request.reject(503, body=f"{rule.message}: {detail}\n".encode())
+                await reject(request, dialect_cls, dialect.busy_status, f"{rule.message}: {detail}")
                 return
         with self.admission.admit(key) if admissible and busy is None \
                 else contextlib.nullcontext(Unlimited(self.keys.allows)) as ticket:
@@ -295,6 +295,14 @@ class Server:
     @property
     def ready(self) -> bool:
         return self.readiness() is None
+
+
+async def reject(request: WebSocketRequest, dialect: type[Dialect], status: int, body: str) -> None:
+    """Refuse the upgrade with an HTTP status and a one-line text body, and the headers the dialect's vendor
+    sends with it (Deepgram's dg-error)."""
+    headers = [(k.encode("latin-1"), v.encode("latin-1", "replace"))
+               for k, v in dialect.refusal_headers(status, body)]
+    await request.reject(status, extra_headers=headers, body=(body.rstrip("\n") + "\n").encode())
 
 
 @asynccontextmanager

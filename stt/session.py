@@ -385,13 +385,14 @@ class Session:
                 await self._handle(event)
             start_timeout = self.dialect.start_timeout
             start_by = trio.current_time() + start_timeout if start_timeout else math.inf
+            idle_timeout = min(self.limits.idle_timeout, self.dialect.message_idle_timeout or math.inf)
             with trio.CancelScope() as idle:
                 self._idle = idle
                 while True:
                     early, self._early = self._early, None
                     if early is None:
                         idle.deadline = math.inf if self._fetching else min(
-                            trio.current_time() + self.limits.idle_timeout,
+                            trio.current_time() + idle_timeout,
                             math.inf if self._configured else start_by)
                         frame = await self.ws.get_message()
                         idle.deadline = math.inf  # waiting on a slow engine below is not the client being idle
@@ -408,7 +409,7 @@ class Session:
             if idle.cancelled_caught and not self._configured and trio.current_time() >= start_by:
                 self._end("idle_timeout", f"no start message within {start_timeout:g} s")
             elif idle.cancelled_caught:
-                self._end("idle_timeout", f"{self.limits.idle_timeout:g} s without a message")
+                self._end("idle_timeout", f"{idle_timeout:g} s without a message")
         except ConnectionClosed as exc:
             code = exc.reason.code if exc.reason else 1006
             failure = getattr(self.ws, "protocol_error", None)  # stt.transport's connection: a frame broke RFC 6455

@@ -59,7 +59,7 @@ _CLIENT_RULE_KEYS = {"requirement", "severity", "check", "with"}
 CLIENT_CHECKS = ("ends_stream", "last_seq_no", "chunk_duration", "real_time", "waits_for_start")
 SEVERITIES = ("error", "warning", "info")
 _RULE_ID = re.compile(r"^[A-Z]+(-[A-Z0-9]+)+$")
-_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.]*$")
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")  # vendor error names: SchemaError, session.expired, DATA-0000
 
 
 class ChartError(ValueError):

@@ -728,8 +728,64 @@ def vb_plan(draw) -> Plan:
                 actions, leave)
 
 
+# --- Deepgram --------------------------------------------------------------------------------------------------
+
+DG_BOOL = st.sampled_from(["true", "false", "True", "FALSE", "1", "yes"])
+DG_PARAMS = {
+    "model": st.sampled_from(["nova-3", "nova-2-phonecall", "base", "enhanced-general", "flux", "Nova-3"]),
+    "language": st.sampled_from(["en", "en-US", "multi", "fr", "english"]),
+    "encoding": st.sampled_from(["linear16", "linear16", "mulaw", "alaw", "linear32", "flac", "opus", "speex", "mp3"]),
+    "sample_rate": st.sampled_from(["16000", "16000", "8000", "48000", "7999", "0", "-1", "1e4"]),
+    "channels": st.sampled_from(["1", "2", "0", "9"]),
+    "multichannel": DG_BOOL,
+    "interim_results": DG_BOOL,
+    "endpointing": st.sampled_from(["10", "300", "false", "true", "9", "10001", "-5"]),
+    "utterance_end_ms": st.sampled_from(["1000", "999", "5000", "x"]),
+    "vad_events": DG_BOOL,
+    "punctuate": DG_BOOL,
+    "smart_format": DG_BOOL,
+    "numerals": DG_BOOL,
+    "keyterm": st.sampled_from(["stt", "deep gram", ""]),
+    "diarize": DG_BOOL,
+    "callback": st.sampled_from(["http://127.0.0.1:1/", ""]),
+}
+DG_NAMES = ["KeepAlive", "Finalize", "CloseStream", "Configure", "Results", "Metadata"]
+
+
+@st.composite
+def dg_valid(draw):
+    kind = draw(st.integers(0, 6))
+    if kind <= 3:
+        return Binary(draw(audio_bytes()))
+    if kind == 4:
+        return Text(dump({"type": draw(st.sampled_from(["KeepAlive", "Finalize"]))}))
+    if kind == 5:
+        return Text(dump({"type": "Configure", "features": {"numerals": draw(st.booleans())}}))
+    return Text('{"type":"CloseStream"}')
+
+
+@st.composite
+def dg_mutated(draw):
+    template = draw(st.sampled_from([{"type": "KeepAlive"}, {"type": "Finalize"}, {"type": "CloseStream"},
+                                     {"type": "Configure", "features": {"punctuate": True}, "keyterms": ["a"]}]))
+    return Text(draw(mutated_json(template, "type", DG_NAMES)))
+
+
+@st.composite
+def dg_plan(draw) -> Plan:
+    key = draw(credential())
+    params = draw(query_params(DG_PARAMS, {"encoding": "linear16", "sample_rate": "16000"}))
+    headers: tuple = ()
+    if key is not None:
+        scheme = draw(st.sampled_from(["Token ", "token ", "Bearer ", "Basic "]))
+        headers = (("Authorization", scheme + key),)
+    actions, leave = draw(sequence(dg_valid(), None, st.just(Text('{"type":"CloseStream"}')), dg_mutated()))
+    return Plan("deepgram", draw(st.sampled_from(["/v1/listen", "/v1/listen/"])) + _query(params), headers,
+                actions, leave)
+
+
 PLANS = {"speechmatics": sm_plan, "voicerun": vr_plan, "yourvoic": yv_plan, "scriptix": sx_plan,
-         "vblaze": vb_plan}
+         "vblaze": vb_plan, "deepgram": dg_plan}
 
 
 def plans(dialect: str) -> st.SearchStrategy[Plan]:

@@ -421,7 +421,7 @@ PROTOCOL_REASONS = {1002: load_chart("lifecycle").ending("protocol_error").messa
                     1007: load_chart("lifecycle").ending("invalid_utf8").message}
 
 #: Upgrades a dialect may refuse, with these statuses (V-Blaze: a bad tag; a missing or wrong key).
-REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}}
+REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}, "deepgram": {400, 401}}
 
 
 def judge(dialect: str, plan: Plan, obs: Observed) -> list[str]:
@@ -567,8 +567,19 @@ def _vb_health() -> tuple[Plan, Any]:
     return plan, ok
 
 
+def _dg_health() -> tuple[Plan, Any]:
+    plan = Plan("deepgram", "/v1/listen?model=nova-3&encoding=linear16&sample_rate=16000",
+                (("Authorization", f"Token {API_KEY}"),),
+                (*[Binary(silence(0.25)) for _ in range(8)], Text('{"type":"CloseStream"}')), ("wait",))
+
+    def ok(msgs):
+        return (any(m.get("type") == "Results" and m.get("is_final") and m["channel"]["alternatives"][0]["transcript"]
+                    for m in msgs) and msgs[-1].get("type") == "Metadata")
+    return plan, ok
+
+
 HEALTH = {"speechmatics": _sm_health, "voicerun": _vr_health, "yourvoic": _yv_health, "scriptix": _sx_health,
-          "vblaze": _vb_health}
+          "vblaze": _vb_health, "deepgram": _dg_health}
 
 
 # --- the tests --------------------------------------------------------------------------------------------------

@@ -169,9 +169,9 @@ async def test_without_configured_keys_any_key_is_accepted():
 async def test_unknown_path_is_rejected_at_the_handshake():
     async with running_server() as server:
         with pytest.raises(ConnectionRejected) as info:
-            async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v1/listen"):
+            async with open_websocket_url(f"ws://127.0.0.1:{server.port}/v9/unknown"):
                 pass
-        assert info.value.status_code == 404 and b"/v1/listen" in info.value.body
+        assert info.value.status_code == 404 and b"/v9/unknown" in info.value.body
 
 
 async def test_oversized_message_closes_1009_and_the_server_goes_on():

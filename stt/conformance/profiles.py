@@ -311,4 +311,41 @@ SCRIPTIX = Profile(
     avoid=frozenset({("listening", "stopped")}),
 )
 
-PROFILES: dict[str, Profile] = {p.dialect: p for p in (SPEECHMATICS, VOICERUN, YOURVOIC, VBLAZE, SCRIPTIX)}
+# --- Deepgram -----------------------------------------------------------------------------------------------
+
+
+def _dg_problem(frame: Frame) -> str | None:
+    msg = _json(frame)
+    if isinstance(msg, dict) and msg.get("type") == "Error":
+        return msg["variant"] if isinstance(msg.get("variant"), str) else "an Error without a variant"
+    if isinstance(msg, dict) and msg.get("type") == "ConfigureFailure":
+        return msg["code"] if isinstance(msg.get("code"), str) else "a ConfigureFailure without a code"
+    return None
+
+
+DEEPGRAM = Profile(
+    dialect="deepgram",
+    path="/v1/listen",
+    query={"model": "nova-3", "encoding": "linear16", "sample_rate": str(RATE), "interim_results": "true"},
+    headers={},
+    key=lambda key: ({}, {"Authorization": f"Token {key}"}),
+    client={
+        "audio": _audio,
+        "empty_audio": lambda sent: [b""],
+        "KeepAlive": _text({"type": "KeepAlive"}),
+        "Finalize": _text({"type": "Finalize"}),
+        "CloseStream": _text({"type": "CloseStream"}),
+        "Configure": _text({"type": "Configure", "features": {"numerals": True}}),
+    },
+    server={
+        "end_of_transcript": ServerEvent(_field("type", "Metadata"), _ended),
+    },
+    problem=_dg_problem,
+    # A closing error is the close frame's payload (DATA-0000, NET-0001), not a message; a warning is silent.
+    answer=lambda rule: None if rule.fatal else rule.error,
+    transient={"closing": "finished"},
+    ending=frozenset({"closing", "finished"}),
+    closes_on_entry=frozenset({"finished"}),
+)
+
+PROFILES: dict[str, Profile] = {p.dialect: p for p in (SPEECHMATICS, VOICERUN, YOURVOIC, VBLAZE, SCRIPTIX, DEEPGRAM)}

@@ -18,12 +18,14 @@ from stt.statechart import Chart, ChartMachine, Refused
 @attrs.frozen
 class Handshake:
     """The WebSocket upgrade request: path without query, query parameters (last value wins), headers with
-    lower-case names, the subprotocols the client offers (Sec-WebSocket-Protocol), in its order."""
+    lower-case names, the subprotocols the client offers (Sec-WebSocket-Protocol), in its order, and each
+    query parameter's values in order where a dialect takes a repeated one (Deepgram's keyterm=a&keyterm=b)."""
 
     path: str
     query: dict[str, str] = attrs.field(factory=dict)
     headers: dict[str, str] = attrs.field(factory=dict)
     subprotocols: tuple[str, ...] = ()
+    repeated: dict[str, tuple[str, ...]] = attrs.field(factory=dict)
 
     @classmethod
     def from_target(cls, target: str, headers: list[tuple[bytes | str, bytes | str]] = (),
@@ -33,12 +35,23 @@ class Handshake:
         def text(v: bytes | str) -> str:
             return v.decode("latin-1") if isinstance(v, bytes) else v
 
+        pairs = parse_qsl(parts.query, keep_blank_values=True)
+        repeated: dict[str, tuple[str, ...]] = {}
+        for name, value in pairs:
+            repeated[name] = repeated.get(name, ()) + (value,)
         return cls(
             path=parts.path or "/",
-            query=dict(parse_qsl(parts.query, keep_blank_values=True)),
+            query=dict(pairs),
             headers={text(k).lower(): text(v) for k, v in headers},
             subprotocols=tuple(subprotocols),
+            repeated=repeated,
         )
+
+    def values(self, name: str) -> tuple[str, ...]:
+        """Every value the query gives `name`, in order (one where it is given once; none where it is not)."""
+        if name in self.repeated:
+            return self.repeated[name]
+        return (self.query[name],) if name in self.query else ()
 
     def bearer_token(self) -> str | None:
         return self.credential((BEARER,))
@@ -56,7 +69,8 @@ class Handshake:
 class Credential:
     """One way a client's key may come at the upgrade: `kind` is "bearer" (Authorization: Bearer KEY), "token"
     (Authorization: Token KEY), "header" (the header `name` holds the key), "query" (the query parameter `name`)
-    or "subprotocol" (an offered subprotocol `name`KEY: the key after the prefix `name`)."""
+    "subprotocol" (an offered subprotocol `name`KEY: the key after the prefix `name`) or "subprotocol_after"
+    (the offered subprotocol that follows the one called `name`: Deepgram's browser form `token, KEY`)."""
 
     kind: str
     name: str = ""
@@ -64,7 +78,7 @@ class Credential:
     def __attrs_post_init__(self):
         if self.kind not in CREDENTIAL_KINDS:
             raise ValueError(f"credential kind {self.kind!r} is not one of {', '.join(CREDENTIAL_KINDS)}")
-        if self.kind in ("header", "query") and not self.name:
+        if self.kind in ("header", "query", "subprotocol_after") and not self.name:
             raise ValueError(f"a {self.kind} credential names its {self.kind}")
 
     def read(self, handshake: Handshake) -> str | None:
@@ -75,6 +89,10 @@ class Credential:
             return handshake.headers.get(self.name) or None
         if self.kind == "query":
             return handshake.query.get(self.name) or None
+        if self.kind == "subprotocol_after":
+            offered = handshake.subprotocols
+            at = offered.index(self.name) if self.name in offered else len(offered)
+            return offered[at + 1] if at + 1 < len(offered) and offered[at + 1] else None
         for offered in handshake.subprotocols:
             if offered.startswith(self.name) and len(offered) > len(self.name):
                 return offered[len(self.name):]
@@ -86,10 +104,12 @@ class Credential:
             return f"Authorization: {self.kind.title()}"
         if self.kind == "subprotocol":
             return f"subprotocol {self.name}<key>"
+        if self.kind == "subprotocol_after":
+            return f"subprotocols {self.name}, <key>"
         return f"{self.kind} {self.name}"
 
 
-CREDENTIAL_KINDS = ("bearer", "token", "header", "query", "subprotocol")
+CREDENTIAL_KINDS = ("bearer", "token", "header", "query", "subprotocol", "subprotocol_after")
 BEARER = Credential("bearer")
 TOKEN = Credential("token")
 
@@ -216,6 +236,11 @@ class DialectBase:
     #: At the session limit the upgrade is refused with HTTP 503 and the chart's busy message (V-Blaze), instead
     #: of the dialect's error and close after it.
     refuses_busy_at_upgrade: ClassVar[bool] = False
+    #: The HTTP status of that refusal (Deepgram: 429 Too Many Requests).
+    busy_status: ClassVar[int] = 503
+    #: Seconds without a client message that end the session with the chart's idle_timeout ending, where the
+    #: vendor's limit is shorter than the server's --idle-timeout (Deepgram: 10 s, NET-0001); None: that alone.
+    message_idle_timeout: ClassVar[float | None] = None
     #: The dialect renders ShuttingDown: the server's going away is announced to its clients (Scriptix).
     announces_shutdown: ClassVar[bool] = False
     #: The rule that ends a session whose stream URL is not a public address (None: the bad_audio ending).
@@ -274,6 +299,12 @@ class DialectBase:
     def render_violation(self, violation: Violation) -> list[str | bytes]:
         """The vendor's error or warning frame for a broken rule (empty if the vendor sends none)."""
         raise NotImplementedError
+
+    @classmethod
+    def refusal_headers(cls, status: int, body: str) -> list[tuple[str, str]]:
+        """Headers of an HTTP refusal of the upgrade (a bad option, key or busy server), as the vendor sends
+        them (Deepgram's dg-error); none by default."""
+        return []
 
     def costly(self, item) -> bool:
         """True for the results whose render is CPU-heavy (V-Blaze's ZIP and scrubbed audio): the session renders

@@ -38,7 +38,7 @@ from stt.events import (
     Word,
 )
 from stt.statechart import load_chart
-from stt.text import smart_format
+from stt.text import punctuate, smart_format
 
 #: model -> credits per second of audio (§2.4). Every model is served by the same recognizer.
 MODELS = {"lucid-mono": 3, "lucid-multi": 3, "lucid-agent": 3, "lucid-lite": 2}
@@ -51,7 +51,6 @@ MAX_KEYWORD_CHARS = 100
 STATUS_INTERVAL = 5.0  # seconds between session_status messages
 SPEECH_IDLE_TIMEOUT = 60.0  # seconds without speech that end the session (§2.4)
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
-_PRONOUN_I = {"i", "i'm", "i've", "i'll", "i'd"}
 
 
 class YourVoicDialect(DialectBase):
@@ -171,11 +170,8 @@ class YourVoicDialect(DialectBase):
         tokens = [w.text for w in words]
         if self.smart_format:
             tokens = [t.text for t in smart_format(tokens)]
-        if self.punctuate and tokens:
-            tokens = ["I" + t[1:] if t.lower() in _PRONOUN_I else t for t in tokens]
-            tokens[0] = tokens[0][:1].upper() + tokens[0][1:]
-            if final and not tokens[-1].endswith((".", "?", "!")):
-                tokens[-1] += "."
+        if self.punctuate:
+            tokens = punctuate(tokens, final)
         return " ".join(tokens)
 
 

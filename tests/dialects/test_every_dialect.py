@@ -38,6 +38,9 @@ RULE_ID = re.compile(r"\b[A-Z]{2}-[A-Z]+-\d{3}\b")
 NOT_RAISED_BY_THE_DIALECT = {
     "VB-TAG-001": "a bad tag refuses the upgrade with HTTP 400 (HandshakeRefused): no session, so no rule fires; "
                   "the chart documents the requirement for the generated pages",
+    "DG-PARAM-001": "a bad option refuses the upgrade with HTTP 400 and dg-error (HandshakeRefused): no session, "
+                    "so no rule fires; the chart documents the requirement for the generated pages",
+    "DG-AUTH-001": "a bad key refuses the upgrade with HTTP 401 and dg-error: the chart's unauthorised ending",
     "YV-CREDIT-001": "stt bills nothing: it sends INSUFFICIENT_CREDITS only when a fault plan asks (stt.faults)",
 }
 
@@ -147,6 +150,8 @@ def test_each_declared_way_of_presenting_the_key_gives_the_key(dialect):
         key = "k3y-" + way.kind
         if way.kind == "subprotocol":
             handshake = Handshake(dialect.routes[0].example(), subprotocols=("other", way.name + key))
+        elif way.kind == "subprotocol_after":
+            handshake = Handshake(dialect.routes[0].example(), subprotocols=(way.name, key))
         else:
             query, headers = presented(way, key)
             handshake = Handshake(dialect.routes[0].example(), query, headers)
@@ -158,6 +163,10 @@ def test_each_declared_way_of_presenting_the_key_gives_the_key(dialect):
 def test_the_subprotocol_credential_way_and_the_token_scheme_read_what_they_name():
     handshake = Handshake("/", {}, {"authorization": "Token t0k"}, subprotocols=("other", "key.s3cret"))
     assert handshake.credential((Credential("subprotocol", "key."),)) == "s3cret"
+    assert Handshake("/", subprotocols=("token", "s3cret")).credential((Credential("subprotocol_after", "token"),)) \
+        == "s3cret"
+    assert Handshake("/", subprotocols=("token",)).credential((Credential("subprotocol_after", "token"),)) is None
+    assert Handshake("/", subprotocols=("x", "y")).credential((Credential("subprotocol_after", "token"),)) is None
     assert handshake.credential((Credential("bearer"), Credential("token"))) == "t0k"
     assert handshake.bearer_token() is None
 
