@@ -126,7 +126,7 @@ class AssemblyAIDialect(DialectBase):
         rate = _integer(query, "sample_rate", DEFAULT_SAMPLE_RATE, SAMPLE_RATE_RANGE, "AA-PARAM-001", "Hz")
         model = query.get("speech_model", SPEECH_MODELS[0])
         if model not in SPEECH_MODELS:
-            raise RuleBroken("AA-PARAM-002", f"speech_model {model!r} is not one of {', '.join(SPEECH_MODELS)}")
+            raise RuleBroken("AA-PARAM-002", f"speech_model {model!r} is not a published model")
         settings = TurnSettings()
         changes: dict[str, Any] = {}
         if "format_turns" in query:
