@@ -272,8 +272,47 @@ class DeepgramClient(DialectClient):
         return out
 
 
+class AssemblyAIClient(DialectClient):
+    name, path = "assemblyai", "/v3/ws"
+    MIN_FRAME = RATE * 2 // 20  # 50 ms: each frame carries 50 to 1000 ms, or the server closes 3007
+
+    def query(self, api_key):
+        return {"sample_rate": str(RATE), "encoding": "pcm_s16le", "format_turns": "false"}
+
+    def headers(self, api_key):
+        return [("Authorization", api_key)] if api_key else []  # the raw key, no scheme
+
+    def audio(self, pcm):
+        self.sent += 1
+        return [pcm + bytes(max(0, self.MIN_FRAME - len(pcm)))]  # the last, shorter frame padded with silence
+
+    def closing(self):
+        return [json.dumps({"type": "Terminate"})]
+
+    def read(self, frame):
+        msg, out = _json(frame), Reading()
+        if not isinstance(msg, dict):
+            return out
+        kind = msg.get("type")
+        if kind == "Begin":
+            out.ready = True
+        elif kind == "Turn":
+            words = tuple(Word(w["text"], w["start"] / 1000, w["end"] / 1000, w.get("confidence", 1.0))
+                          for w in msg.get("words", []))
+            if msg.get("end_of_turn"):
+                out.segments.append(Segment(True, msg.get("transcript", "").strip(), words,
+                                            words[0].start if words else None, words[-1].end if words else None))
+            elif self.partials and not all(w.get("word_is_final") for w in msg.get("words", [])):
+                # A partial hypothesis (the Turns whose words are all final only say an utterance is done)
+                out.segments.append(Segment(False, " ".join(w.text for w in words)))
+        elif kind == "Termination":
+            out.done = True
+        return out  # AssemblyAI has no error message: the close code and its reason say it
+
+
 CLIENTS: dict[str, type[DialectClient]] = {c.name: c for c in (SpeechmaticsClient, VoiceRunClient, YourVoicClient,
-                                                                VBlazeClient, ScriptixClient, DeepgramClient)}
+                                                                VBlazeClient, ScriptixClient, DeepgramClient,
+                                                                AssemblyAIClient)}
 
 
 __all__ = ["CLIENTS", "DialectClient", "Reading", "Segment"]

@@ -51,7 +51,7 @@ CONNECT_TIMEOUT = 10.0
 #: In this process, an utterance is cut by max_delay only after this long (a server's dialect sets its own: 4 s
 #: for Speechmatics): Whisper hears a sentence better whole, and a word at a cut can be lost.
 IN_PROCESS_MAX_DELAY = 10.0
-DIALECT_NAMES = ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix", "deepgram")
+DIALECT_NAMES = ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix", "deepgram", "assemblyai")
 
 
 class TranscribeError(Exception):

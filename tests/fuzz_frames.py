@@ -784,8 +784,66 @@ def dg_plan(draw) -> Plan:
                 actions, leave)
 
 
+# --- AssemblyAI ------------------------------------------------------------------------------------------------
+
+AA_BOOL = st.sampled_from(["True", "False", "true", "false", "1", "0", "yes"])
+AA_PARAMS = {
+    "sample_rate": st.sampled_from(["16000", "8000", "48000", "7999", "16k", ""]),
+    "encoding": st.sampled_from(["pcm_s16le", "pcm_mulaw", "opus", "PCM_S16LE"]),
+    "speech_model": st.sampled_from(["universal-streaming-english", "universal-streaming-multilingual", "u3-rt-pro",
+                                     "whisper-rt", "nova-3"]),
+    "format_turns": AA_BOOL,
+    "end_of_turn_confidence_threshold": st.sampled_from(["0.4", "0", "1", "1.5", "-0.1", "nan", "inf"]),
+    "min_turn_silence": st.sampled_from(["400", "0", "160", "10001", "-5", "1.5"]),
+    "max_turn_silence": st.sampled_from(["1280", "100", "10000", "x"]),
+    "keyterms_prompt": st.sampled_from(['["Sonny","voice agent"]', "[]", "Sonny", '["' + "x" * 51 + '"]', "[1]",
+                                        json.dumps(["k"] * 101)]),
+    "inactivity_timeout": st.sampled_from(["5", "3600", "4", "3601", "30"]),
+}
+AA_NAMES = ["UpdateConfiguration", "ForceEndpoint", "KeepAlive", "Terminate"]
+AA_TEMPLATES = [
+    {"type": "UpdateConfiguration", "end_of_turn_confidence_threshold": 0.5, "min_turn_silence": 200,
+     "max_turn_silence": 1000, "format_turns": True},
+    {"type": "ForceEndpoint"},
+    {"type": "KeepAlive"},
+    {"type": "Terminate"},
+]
+
+
+@st.composite
+def aa_valid(draw):
+    kind = draw(st.integers(0, 6))
+    if kind <= 2:  # 50 to 1000 ms, as the vendor requires (at 16 kHz pcm_s16le)
+        return Binary(silence(draw(st.sampled_from([0.05, 0.1, 0.25, 1.0]))))
+    if kind == 3:
+        return Binary(tone(draw(st.integers(800, 16000))))
+    if kind == 4:
+        return Binary(draw(audio_bytes()))  # mostly outside 50 to 1000 ms: closed 3007
+    return Text(dump(draw(st.sampled_from(AA_TEMPLATES))))
+
+
+@st.composite
+def aa_mutated(draw):
+    return Text(draw(mutated_json(draw(st.sampled_from(AA_TEMPLATES)), "type", AA_NAMES)))
+
+
+@st.composite
+def aa_plan(draw) -> Plan:
+    key = draw(credential())
+    params = draw(query_params(AA_PARAMS, {"sample_rate": "16000"}))
+    headers: list[tuple[str, str]] = []
+    if key is not None:
+        if draw(st.booleans()):
+            headers.append(("Authorization", key))  # the raw key, no scheme
+        else:
+            params["token"] = key
+    actions, leave = draw(sequence(aa_valid(), None, st.just(Text('{"type":"Terminate"}')), aa_mutated()))
+    return Plan("assemblyai", draw(st.sampled_from(["/v3/ws", "/v3/ws/"])) + _query(params), tuple(headers),
+                actions, leave)
+
+
 PLANS = {"speechmatics": sm_plan, "voicerun": vr_plan, "yourvoic": yv_plan, "scriptix": sx_plan,
-         "vblaze": vb_plan, "deepgram": dg_plan}
+         "vblaze": vb_plan, "deepgram": dg_plan, "assemblyai": aa_plan}
 
 
 def plans(dialect: str) -> st.SearchStrategy[Plan]:

@@ -436,7 +436,8 @@ async def test_a_speechmatics_session_completes_through_nginx(behind_nginx):
     (f"/v2/realtime?type=fast&token={KEY}", [], '{"action":"start"}', '"listening"'),
     (f"/api/v1/stt/realtime/stream?api_key={KEY}", [], None, None),  # the key in the query: let in (else 401)
     (f"/transcribe?token={KEY}", [], None, None),
-], ids=["speechmatics", "voicerun", "scriptix", "yourvoic", "vblaze"])
+    ("/v3/ws?sample_rate=16000&format_turns=True", [("Authorization", KEY)], None, '"Begin"'),  # the raw key
+], ids=["speechmatics", "voicerun", "scriptix", "yourvoic", "vblaze", "assemblyai"])
 async def test_each_dialect_path_reaches_its_dialect_with_its_query(behind_nginx, target, headers, send, expect):
     with trio.fail_after(10):
         async with open_websocket_url(f"ws://127.0.0.1:{behind_nginx.port}{target}", extra_headers=headers) as ws:

@@ -43,7 +43,7 @@ def test_charts_and_pages_cite_the_vendors_pages_not_notes_outside_the_repositor
     for path in [*sorted((root / "statecharts").glob("*.yaml")), *sorted((root / "docs" / "statecharts").glob("*.md"))]:
         text = path.read_text(encoding="utf-8")
         assert "protocols.md" not in text and not re.search(r"§\s*\d", text), path.name
-    for name in ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix"):
+    for name in ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix", "assemblyai"):
         assert "https://" in load_chart(name).source, name
 
 

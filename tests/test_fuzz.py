@@ -420,6 +420,11 @@ def chart_facts(dialect_cls) -> dict:
 PROTOCOL_REASONS = {1002: load_chart("lifecycle").ending("protocol_error").message,
                     1007: load_chart("lifecycle").ending("invalid_utf8").message}
 
+#: Dialects whose close reason may carry a detail after the rule's (AssemblyAI's "Invalid JSON: <json>").
+DETAILED_REASONS = {"assemblyai"}
+#: The messages AssemblyAI's server sends (those the vendor's SDK reads).
+AA_SERVER_TYPES = {"Begin", "Turn", "SpeechStarted", "Termination"}
+
 #: Upgrades a dialect may refuse, with these statuses (V-Blaze: a bad tag; a missing or wrong key).
 REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}, "deepgram": {400, 401}}
 
@@ -447,7 +452,10 @@ def judge(dialect: str, plan: Plan, obs: Observed) -> list[str]:
             problems.append("1006: the server dropped the connection without a close frame")
         ours = close.code == obs.client_code or close.code == 1006
         oversize = close.code == 1009 and (close.reason or "").startswith("Exceeded maximum message size")
-        if not ours and not oversize and close.reason is not None and close.reason not in facts["reasons"]:
+        detailed = dialect in DETAILED_REASONS and any(  # the rule's reason, then ": <what was wrong>"
+            (close.reason or "").startswith(r + ": ") for r in facts["reasons"])
+        if (not ours and not oversize and not detailed and close.reason is not None
+                and close.reason not in facts["reasons"]):
             problems.append(f"close reason {close.reason!r} (code {close.code}) is no rule's of the chart")
         raw = [a for a in plan.actions[:obs.sent] if isinstance(a, Raw)]
         if not ours and close.reason in PROTOCOL_REASONS.values():
@@ -496,6 +504,9 @@ def check_frames(dialect: str, frames: list, facts: dict) -> list[str]:
         elif dialect == "yourvoic":
             if msg.get("type") == "error" and msg.get("code") not in facts["errors"]:
                 problems.append(f"{where}: error code {msg.get('code')!r} is not the chart's")
+        elif dialect == "assemblyai":
+            if msg.get("type") not in AA_SERVER_TYPES:
+                problems.append(f"{where}: type {msg.get('type')!r} is not a server message of AssemblyAI")
         elif dialect == "scriptix":
             if "error" in msg:
                 text = msg["error"]
@@ -578,8 +589,21 @@ def _dg_health() -> tuple[Plan, Any]:
     return plan, ok
 
 
+def _aa_health() -> tuple[Plan, Any]:
+    plan = Plan("assemblyai", "/v3/ws?sample_rate=16000&encoding=pcm_s16le&format_turns=True",
+                (("Authorization", API_KEY),),
+                (Expect("Begin"), *[Binary(silence(0.25)) for _ in range(8)], Text('{"type":"Terminate"}')), ("wait",))
+
+    def ok(msgs):
+        kinds = [m.get("type") for m in msgs]
+        return (kinds[0] == "Begin" and kinds[-1] == "Termination"
+                and any(m.get("type") == "Turn" and m.get("end_of_turn") and m.get("turn_is_formatted")
+                        and m.get("transcript") for m in msgs))
+    return plan, ok
+
+
 HEALTH = {"speechmatics": _sm_health, "voicerun": _vr_health, "yourvoic": _yv_health, "scriptix": _sx_health,
-          "vblaze": _vb_health, "deepgram": _dg_health}
+          "vblaze": _vb_health, "deepgram": _dg_health, "assemblyai": _aa_health}
 
 
 # --- the tests --------------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from tests.helpers import DATA, REFERENCES, encode_audio, serve_directory
 from tests.serve_process import STT, run_stt, stt_env, stt_serve
 
 SPEECH = DATA / "ps_librivox_0880.wav"  # "he was not an ill disposed young man", 3.4 s: shorter than any max_delay
-DIALECTS = ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix", "deepgram")
+DIALECTS = ("speechmatics", "voicerun", "yourvoic", "vblaze", "scriptix", "deepgram", "assemblyai")
 
 
 def words(text: str) -> str:

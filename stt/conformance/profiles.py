@@ -348,4 +348,33 @@ DEEPGRAM = Profile(
     closes_on_entry=frozenset({"finished"}),
 )
 
-PROFILES: dict[str, Profile] = {p.dialect: p for p in (SPEECHMATICS, VOICERUN, YOURVOIC, VBLAZE, SCRIPTIX, DEEPGRAM)}
+
+# --- AssemblyAI -----------------------------------------------------------------------------------------------
+
+
+ASSEMBLYAI = Profile(
+    dialect="assemblyai",
+    path="/v3/ws",
+    query={"sample_rate": str(RATE), "encoding": "pcm_s16le", "format_turns": "True"},  # as the Python SDK writes it
+    headers={},
+    key=lambda key: ({}, {"Authorization": key}),  # the raw key, no scheme
+    client={
+        "audio": _audio,  # 100 ms: each frame must carry 50 to 1000 ms (AA-AUDIO-001)
+        "UpdateConfiguration": _text({"type": "UpdateConfiguration", "end_of_turn_confidence_threshold": 0.5}),
+        "ForceEndpoint": _text({"type": "ForceEndpoint"}),
+        "KeepAlive": _text({"type": "KeepAlive"}),
+        "Terminate": _text({"type": "Terminate"}),
+    },
+    server={
+        "termination": ServerEvent(_field("type", "Termination"), _ended),
+    },
+    problem=lambda frame: None,  # AssemblyAI has no error message on the socket: the close code and reason say it
+    answer=lambda rule: None,
+    greeting=_field("type", "Begin"),
+    transient={"terminating": "terminated"},
+    ending=frozenset({"terminating", "terminated"}),
+    closes_on_entry=frozenset({"terminated"}),
+)
+
+PROFILES: dict[str, Profile] = {p.dialect: p for p in (SPEECHMATICS, VOICERUN, YOURVOIC, VBLAZE, SCRIPTIX, DEEPGRAM,
+                                                       ASSEMBLYAI)}

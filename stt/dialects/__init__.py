@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 
+from stt.dialects.assemblyai import AssemblyAIDialect
 from stt.dialects.base import DialectBase, Route
 from stt.dialects.deepgram import DeepgramDialect
 from stt.dialects.scriptix import ScriptixDialect
@@ -13,7 +14,8 @@ from stt.dialects.voicerun import VoiceRunDialect
 from stt.dialects.yourvoic import YourVoicDialect
 
 #: Every dialect the server speaks. The order is not a rule: dialect_for routes the most specific path first.
-DIALECTS = (ScriptixDialect, SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect, VBlazeDialect, DeepgramDialect)
+DIALECTS = (ScriptixDialect, SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect, VBlazeDialect, DeepgramDialect,
+            AssemblyAIDialect)
 
 
 @functools.lru_cache(maxsize=4)

@@ -134,7 +134,7 @@ class DeepgramDialect(DialectBase):
     def __init__(self, handshake: Handshake):
         super().__init__(handshake)
         self.request_id = str(uuid.uuid4())
-        self.configure = self._configure(handshake)
+        self.stream_config = self._configure(handshake)
         self.engine = ""
         self._digest = hashlib.sha256()
         self._bytes = 0
@@ -272,7 +272,7 @@ class DeepgramDialect(DialectBase):
     }
 
     def on_open(self) -> list:
-        return [self.configure]
+        return [self.stream_config]
 
     # --- frames out ---------------------------------------------------------------------------------------
 

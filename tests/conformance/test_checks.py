@@ -39,6 +39,7 @@ PATHS = {
     "yourvoic": "/api/v1/stt/realtime/stream?model=lucid-agent&interim_results=true&endpointing=300",
     "vblaze": "/transcribe?model=eng1:callcenter&output=json",
     "scriptix": "/v2/realtime?type=fast&language=en",
+    "assemblyai": "/v3/ws?sample_rate=16000&encoding=pcm_s16le&format_turns=True",
 }
 
 
@@ -246,12 +247,26 @@ async def scriptix_client(server, audio: bytes, real_time: bool = True, headers=
     return p
 
 
+async def assemblyai_client(server, audio: bytes, real_time: bool = True, headers=(),
+                            path=PATHS["assemblyai"]) -> Peer:
+    """The query string configures; Begin; binary PCM in 100 ms frames at real time (each 50 to 1000 ms);
+    {"type":"Terminate"}; the last Turns and Termination; the server closes 1000 (§8)."""
+    async with peer(server, path, headers) as p:
+        await p.until(lambda m: m["type"] == "Begin")
+        await stream(p.send, frames_of(audio, 3200), 0.1, real_time)
+        await p.send(json.dumps({"type": "Terminate"}))
+        await p.until(lambda m: m["type"] == "Termination")
+        assert await p.until_closed() == 1000
+    return p
+
+
 CLIENTS = {
     "speechmatics": speechmatics_client,
     "voicerun": voicerun_client,
     "yourvoic": yourvoic_client,
     "vblaze": vblaze_client,
     "scriptix": scriptix_client,
+    "assemblyai": assemblyai_client,
 }
 
 
@@ -388,12 +403,29 @@ async def broken_scriptix(server):
     return expected
 
 
+async def broken_assemblyai(server):
+    """Four 1 s frames as fast as possible (faster than real time, which the vendor closes 3007 and stt serves);
+    a plain close without Terminate."""
+    async with peer(server, PATHS["assemblyai"]) as p:
+        await p.until(lambda m: m["type"] == "Begin")
+        for _ in range(4):
+            await p.send(silence(1.0))
+        await p.close()
+
+    def expected(records):
+        audio = n_of(records, is_audio)
+        return {"AA-CLIENT-003": audio[3:4], "AA-CLIENT-001": audio[-1:]}
+
+    return expected
+
+
 BROKEN = {
     "speechmatics": (broken_speechmatics, {"SM-CLIENT-001", "SM-CLIENT-002", "SM-CLIENT-003", "SM-EOS-001"}, False),
     "voicerun": (broken_voicerun, {"VR-MSG-003", "VR-CLIENT-001", "VR-CLIENT-002", "VR-CLIENT-003"}, False),
     "yourvoic": (broken_yourvoic, {"YV-CLIENT-001", "YV-CLIENT-002"}, True),
     "vblaze": (broken_vblaze, {"VB-ORDER-001", "VB-CLIENT-001"}, False),
     "scriptix": (broken_scriptix, {"SX-ORDER-001", "SX-CLIENT-001", "SX-CLIENT-002"}, False),
+    "assemblyai": (broken_assemblyai, {"AA-CLIENT-001", "AA-CLIENT-003"}, False),
 }
 
 
@@ -450,12 +482,18 @@ async def scriptix_listening(p: Peer) -> None:
     await p.send(silence(0.1))
 
 
+async def assemblyai_begun(p: Peer) -> None:
+    await p.until(lambda m: m["type"] == "Begin")
+    await p.send(silence(0.1))
+
+
 FATAL = {  # dialect: (how the session gets going, the frame that breaks a fatal rule, the rule, the close code)
     "speechmatics": (speechmatics_started, '{"message":"AddAudioPlease"}', "SM-MSG-002", 1003),
     "voicerun": (voicerun_updated, silence(0.02), "VR-MSG-004", 1003),
     "yourvoic": (audio_flowing, '{"type":"configure"}', "YV-MSG-002", 1003),
     "vblaze": (wav_flowing, '{"done":true}', "VB-MSG-001", 1003),
     "scriptix": (scriptix_listening, "stop", "SX-MSG-001", 1000),
+    "assemblyai": (assemblyai_begun, silence(0.03), "AA-AUDIO-001", 3007),  # 30 ms: under the 50 ms rule
 }
 
 

@@ -234,7 +234,7 @@ def test_the_diagram_highlights_exactly_the_states_and_transitions_of_the_path()
 
 
 def test_the_diagram_lays_out_every_chart_with_the_initial_state_first_and_final_states_last():
-    for name in ("speechmatics", "lifecycle", "voicerun", "scriptix", "vblaze", "yourvoic"):
+    for name in ("speechmatics", "lifecycle", "voicerun", "scriptix", "vblaze", "yourvoic", "assemblyai"):
         chart = load_chart(name)
         order = layout_order(chart)
         assert sorted(order) == sorted(chart.states) and order[0] == chart.initial

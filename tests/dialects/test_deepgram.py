@@ -208,7 +208,7 @@ def test_the_end_of_the_transcript_is_metadata_with_the_digest_and_duration_of_t
     audio = b"\x01\x00" * 16000  # one second
     d.receive(audio)
     d.receive('{"type":"CloseStream"}')
-    d.render(SessionStarted("id", d.configure, engine="sphinx"))
+    d.render(SessionStarted("id", d.stream_config, engine="sphinx"))
     (metadata,) = sent(d.render(EndOfTranscript()))
     assert metadata["type"] == "Metadata" and metadata["request_id"] == d.request_id
     assert metadata["sha256"] == hashlib.sha256(audio).hexdigest()
