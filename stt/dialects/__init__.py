@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 
 from stt.dialects.base import DialectBase, Route
+from stt.dialects.openai import OpenAIDialect
 from stt.dialects.scriptix import ScriptixDialect
 from stt.dialects.speechmatics import SpeechmaticsDialect
 from stt.dialects.vblaze import VBlazeDialect
@@ -12,7 +13,7 @@ from stt.dialects.voicerun import VoiceRunDialect
 from stt.dialects.yourvoic import YourVoicDialect
 
 #: Every dialect the server speaks. The order is not a rule: dialect_for routes the most specific path first.
-DIALECTS = (ScriptixDialect, SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect, VBlazeDialect)
+DIALECTS = (ScriptixDialect, SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect, VBlazeDialect, OpenAIDialect)
 
 
 @functools.lru_cache(maxsize=4)
