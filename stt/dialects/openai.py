@@ -26,10 +26,11 @@ Items, and the choices where the vendor is silent:
   * input_audio_buffer.clear: the engine finishes the utterance and its text is dropped; cleared then (its partial
     text, already sent as deltas with server_vad, gets no completed).
   * Deltas are append-only, word by word: a delta is the words added since the item's last delta (with the space
-    before them). A partial that revises words already sent gives no delta: nothing can take text back, so the
-    deltas wait until the text again extends what was sent; the completed transcript is the engine's final and is
-    authoritative (clients replace the deltas with it, as OpenAI's guide says). Without revisions the deltas joined
-    are the transcript.
+    before them). The last word of a partial is held back (it is the one the engine revises most: "go for" becomes
+    "go forward"); the item's final releases the rest. A partial that still revises words already sent gives no
+    delta: nothing can take text back, so the deltas wait until the text again extends what was sent; the completed
+    transcript is the engine's final and is authoritative (clients replace the deltas with it, as OpenAI's guide
+    says). Without revisions the deltas joined are the transcript.
   * logprobs (include item.input_audio_transcription.logprobs): one token per word (with its leading space), the
     log of the engine's word confidence. usage: whisper-1 {"type":"duration","seconds"} (the item's audio); the
     other models {"type":"tokens"}, 10 audio tokens a second of the item's audio as input, a token a word as output
@@ -407,7 +408,7 @@ class OpenAIDialect(DialectBase):
         if not self._vad or not self._transcribing or not result.words:
             return []  # without turn detection nothing is sent before the commit
         current = self._current(result.start)
-        current.partial = result.words
+        current.partial = result.words[:-1]  # the last word of a partial is the likeliest to change: held back
         return self._delta(current)
 
     def _on_final(self, result: Final) -> list[str]:

@@ -413,7 +413,9 @@ def test_server_vad_each_final_is_an_item_with_speech_events_around_it():
     started = frames(d.render(SpeechStarted(0.25)))[0]
     assert started["type"] == "input_audio_buffer.speech_started" and started["audio_start_ms"] == 250
     item_id = started["item_id"]
-    deltas = frames(d.render(Partial(words("go"), 0.3, 0.7)) + d.render(Partial(words("go", "forward"), 0.3, 1.2)))
+    assert d.render(Partial(words("go"), 0.3, 0.7)) == []  # a partial's last word is held back
+    deltas = frames(d.render(Partial(words("go", "forward"), 0.3, 1.2))
+                    + d.render(Partial(words("go", "forward", "ten"), 0.3, 1.7)))
     assert [f["delta"] for f in deltas] == ["go", " forward"] and {f["item_id"] for f in deltas} == {item_id}
     out = frames(d.render(Final(words("go", "forward", "ten"), 0.3, 1.7)))
     assert [f["type"] for f in out] == ["input_audio_buffer.committed",
@@ -427,13 +429,22 @@ def test_server_vad_each_final_is_an_item_with_speech_events_around_it():
     assert frames(d.render(SpeechStarted(3.0)))[0]["item_id"] != item_id
 
 
+def test_the_last_word_of_a_partial_is_held_back_so_a_revision_of_it_costs_nothing():
+    d = streaming()
+    d.render(SpeechStarted(0))
+    assert kinds(d.render(Partial(words("go", "for"), 0, 1))) == [
+        "conversation.item.input_audio_transcription.delta"]
+    assert [f["delta"] for f in frames(d.render(Final(words("go", "forward"), 0, 1)))
+            if f["type"].endswith(".delta")] == [" forward"]
+
+
 def test_a_partial_that_revises_sent_words_gives_no_delta_until_the_text_extends_them_again():
     d = streaming()
     d.render(SpeechStarted(0))
-    assert [f["delta"] for f in frames(d.render(Partial(words("i", "scream"), 0, 1)))] == ["i scream"]
-    assert d.render(Partial(words("ice", "cream"), 0, 1)) == []  # a revision: nothing can take text back
-    assert d.render(Partial(words("ice", "cream", "is"), 0, 1.5)) == []
-    assert [f["delta"] for f in frames(d.render(Partial(words("i", "scream", "for"), 0, 1.5)))] == [" for"]
+    assert [f["delta"] for f in frames(d.render(Partial(words("i", "scream", "a"), 0, 1)))] == ["i scream"]
+    assert d.render(Partial(words("ice", "cream", "a"), 0, 1)) == []  # a revision: nothing can take text back
+    assert d.render(Partial(words("ice", "cream", "is", "a"), 0, 1.5)) == []
+    assert [f["delta"] for f in frames(d.render(Partial(words("i", "scream", "for", "a"), 0, 1.5)))] == [" for"]
     out = frames(d.render(Final(words("ice", "cream", "is", "cold"), 0, 2)))
     assert [f["type"] for f in out][-1].endswith(".completed") and len(out) == 2  # committed, completed
     assert out[-1]["transcript"] == "ice cream is cold"  # the final is authoritative
@@ -450,7 +461,7 @@ def test_an_empty_final_that_nothing_announced_is_no_item():
 def test_a_commit_with_server_vad_completes_the_item_under_way():
     d = streaming()
     item_id = frames(d.render(SpeechStarted(0)))[0]["item_id"]
-    d.render(Partial(words("go"), 0, 0.4))
+    d.render(Partial(words("go", "o"), 0, 0.4))
     d.receive(COMMIT)
     out = frames(d.render(Final(words("go", "on"), 0, 0.9, forced=True)))
     assert {f["item_id"] for f in out} == {item_id} and out[-1]["transcript"] == "go on"
@@ -459,7 +470,7 @@ def test_a_commit_with_server_vad_completes_the_item_under_way():
 def test_logprobs_are_one_token_a_word_when_included():
     d = streaming(ga_update(include=[LOGPROBS]))
     d.render(SpeechStarted(0))
-    (delta,) = frames(d.render(Partial(words("go", confidence=0.5), 0, 0.4)))
+    (delta,) = frames(d.render(Partial(words("go", "o", confidence=0.5), 0, 0.4)))
     assert delta["logprobs"] == [{"token": "go", "logprob": -0.6931, "bytes": [103, 111]}]
     completed = frames(d.render(Final(words("go", "on"), 0, 0.9)))[-1]
     assert [p["token"] for p in completed["logprobs"]] == ["go", " on"]
@@ -469,7 +480,7 @@ def test_logprobs_are_one_token_a_word_when_included():
 def test_transcription_null_commits_items_without_transcripts():
     d = streaming(ga_update(audio={"input": {"transcription": None}}))
     d.render(SpeechStarted(0))
-    assert d.render(Partial(words("go"), 0, 0.4)) == []
+    assert d.render(Partial(words("go", "on"), 0, 0.4)) == []
     assert kinds(d.render(Final(words("go"), 0, 0.4))) == ["input_audio_buffer.committed"]
 
 
