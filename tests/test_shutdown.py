@@ -67,7 +67,8 @@ async def started_speechmatics(connect):
 @pytest.mark.parametrize("dialect_class", DIALECTS, ids=lambda d: d.name)
 def test_only_scriptix_has_a_shutting_down_message(dialect_class):
     path = {"scriptix": "/v2/realtime", "speechmatics": "/v2", "voicerun": "/ws",
-            "yourvoic": "/api/v1/stt/realtime/stream", "vblaze": "/transcribe"}[dialect_class.name]
+            "yourvoic": "/api/v1/stt/realtime/stream", "vblaze": "/transcribe",
+            "openai": "/v1/realtime?intent=transcription"}[dialect_class.name]
     frames = render_shutting_down(dialect_class(Handshake.from_target(path)), ShuttingDown(1767225600.7))
     if dialect_class.name == "scriptix":
         assert frames == ['{"state":"shutting_down","at":1767225600}']  # compact, whole Unix seconds
