@@ -842,8 +842,99 @@ def aa_plan(draw) -> Plan:
                 actions, leave)
 
 
+# --- OpenAI Realtime (transcription) ---------------------------------------------------------------------------
+
+OA_NAMES = ["session.update", "transcription_session.update", "input_audio_buffer.append",
+            "input_audio_buffer.commit", "input_audio_buffer.clear", "response.create", "conversation.item.create"]
+
+
+@st.composite
+def oa_ga_update(draw) -> dict:
+    given: dict[str, Any] = {}
+    if draw(st.booleans()):
+        given["format"] = draw(st.sampled_from([{"type": "audio/pcm", "rate": 24000}, {"type": "audio/pcm"},
+                                                {"type": "audio/pcmu"}, {"type": "audio/pcma"},
+                                                {"type": "audio/pcm", "rate": 16000}]))
+    if draw(st.booleans()):
+        given["transcription"] = draw(st.sampled_from([
+            {"model": "gpt-4o-transcribe", "language": "en"}, {"model": "whisper-1", "prompt": "names"},
+            {"model": "gpt-transcribe", "keywords": ["stt", "fuzz"]}, None, {"language": "fr"}]))
+    if draw(st.booleans()):
+        given["turn_detection"] = draw(st.sampled_from([
+            None, {"type": "server_vad", "silence_duration_ms": 200}, {"type": "semantic_vad", "eagerness": "high"},
+            {"type": "server_vad", "threshold": 0.9, "prefix_padding_ms": 0}]))
+    if draw(st.integers(0, 3)) == 0:
+        given["noise_reduction"] = draw(st.sampled_from([None, {"type": "near_field"}, {"type": "far_field"}]))
+    session: dict[str, Any] = {"type": draw(st.sampled_from(["transcription"] * 5 + ["realtime"]))}
+    if given:
+        session["audio"] = {"input": given}
+    if draw(st.integers(0, 3)) == 0:
+        session["include"] = ["item.input_audio_transcription.logprobs"]
+    return {"type": "session.update", "session": session}
+
+
+@st.composite
+def oa_beta_update(draw) -> dict:
+    session: dict[str, Any] = {}
+    if draw(st.booleans()):
+        session["input_audio_format"] = draw(st.sampled_from(["pcm16", "g711_ulaw", "g711_alaw", "pcm24"]))
+    if draw(st.booleans()):
+        session["input_audio_transcription"] = {"model": draw(st.sampled_from(["gpt-4o-mini-transcribe",
+                                                                                "whisper-1"]))}
+    if draw(st.booleans()):
+        session["turn_detection"] = draw(st.sampled_from([None, {"type": "server_vad"}]))
+    return {"type": "transcription_session.update", "session": session}
+
+
+@st.composite
+def oa_append(draw) -> dict:
+    return {"type": "input_audio_buffer.append", "audio": base64.b64encode(draw(audio_bytes(24000))).decode()}
+
+
+@st.composite
+def oa_valid(draw):
+    kind = draw(st.integers(0, 7))
+    if kind <= 2:
+        return Text(dump(draw(oa_append())))
+    if kind == 3:
+        return Text(dump(draw(oa_ga_update() | oa_beta_update())))
+    if kind == 4:
+        return Text('{"type":"input_audio_buffer.commit"}')
+    if kind == 5:
+        return Text('{"type":"input_audio_buffer.clear","event_id":"evt_1"}')
+    if kind == 6:
+        return Text(dump({"type": "input_audio_buffer.append",
+                          "audio": draw(st.sampled_from(["", "=", "AAA", "AA==\n", "!!!!"]))}))
+    return Text(dump({"type": "input_audio_buffer.append", "audio": base64.b64encode(silence(0.1, 24000)).decode()}))
+
+
+@st.composite
+def oa_mutated(draw):
+    template = draw(oa_ga_update() | oa_beta_update() | oa_append()
+                    | st.sampled_from([{"type": "input_audio_buffer.commit"}, {"type": "input_audio_buffer.clear"}]))
+    return Text(draw(mutated_json(template, "type", OA_NAMES)))
+
+
+@st.composite
+def oa_plan(draw) -> Plan:
+    key = draw(credential())
+    headers = [] if key is None else [("Authorization", draw(st.sampled_from(["Bearer ", "bearer ", "Basic "])) + key)]
+    if draw(st.integers(0, 3)) == 0:
+        headers.append(("OpenAI-Beta", "realtime=v1"))
+    query = {"intent": draw(st.sampled_from(["transcription"] * 8 + ["conversation", ""]))}
+    if draw(st.integers(0, 4)) == 0:
+        del query["intent"]
+    if draw(st.integers(0, 3)) == 0:
+        query["model"] = draw(st.sampled_from(["gpt-4o-transcribe", "gpt-realtime", "whisper-1"]))
+    start = st.builds(lambda m: Text(dump(m)), oa_ga_update() | oa_beta_update())
+    end = st.just(Text('{"type":"input_audio_buffer.commit"}'))
+    actions, leave = draw(sequence(oa_valid(), start, end, oa_mutated(), expect="updated"))
+    path = draw(st.sampled_from(["/v1/realtime", "/v1/realtime/"]))
+    return Plan("openai", path + _query(query), tuple(headers), actions, leave)
+
+
 PLANS = {"speechmatics": sm_plan, "voicerun": vr_plan, "yourvoic": yv_plan, "scriptix": sx_plan,
-         "vblaze": vb_plan, "deepgram": dg_plan, "assemblyai": aa_plan}
+         "vblaze": vb_plan, "deepgram": dg_plan, "assemblyai": aa_plan, "openai": oa_plan}
 
 
 def plans(dialect: str) -> st.SearchStrategy[Plan]:

@@ -426,7 +426,8 @@ DETAILED_REASONS = {"assemblyai"}
 AA_SERVER_TYPES = {"Begin", "Turn", "SpeechStarted", "Termination"}
 
 #: Upgrades a dialect may refuse, with these statuses (V-Blaze: a bad tag; a missing or wrong key).
-REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}, "deepgram": {400, 401}}
+REFUSALS = {"vblaze": {400, 401}, "yourvoic": {401}, "deepgram": {400, 401},
+            "openai": {400, 401}}  # openai: 400 for an intent
 
 
 def judge(dialect: str, plan: Plan, obs: Observed) -> list[str]:
@@ -497,6 +498,13 @@ def check_frames(dialect: str, frames: list, facts: dict) -> list[str]:
                 if msg.get("seq_no") != seq:
                     problems.append(f"{where}: seq_no {msg.get('seq_no')!r}, expected {seq}")
         elif dialect == "voicerun":
+            if msg.get("type") == "error":
+                error = msg.get("error")
+                if not isinstance(error, dict) or error.get("code") not in facts["errors"]:
+                    problems.append(f"{where}: error code is not the chart's")
+        elif dialect == "openai":
+            if not isinstance(msg.get("event_id"), str) or not msg["event_id"]:
+                problems.append(f"{where}: no event_id")
             if msg.get("type") == "error":
                 error = msg.get("error")
                 if not isinstance(error, dict) or error.get("code") not in facts["errors"]:
@@ -599,11 +607,29 @@ def _aa_health() -> tuple[Plan, Any]:
         return (kinds[0] == "Begin" and kinds[-1] == "Termination"
                 and any(m.get("type") == "Turn" and m.get("end_of_turn") and m.get("turn_is_formatted")
                         and m.get("transcript") for m in msgs))
+
+
+def _oa_health() -> tuple[Plan, Any]:
+    import base64
+    update = {"type": "session.update", "session": {"type": "transcription",
+                                                    "audio": {"input": {"turn_detection": None}}}}
+    audio = [Text(dump({"type": "input_audio_buffer.append", "audio": base64.b64encode(silence(0.25, 24000)).decode()}))
+             for _ in range(8)]
+    # OpenAI has no end of stream: the client commits, waits for the transcription, and closes itself.
+    plan = Plan("openai", "/v1/realtime?intent=transcription", (("Authorization", f"Bearer {API_KEY}"),),
+                (Text(dump(update)), Expect("session.updated"), *audio, Text('{"type":"input_audio_buffer.commit"}'),
+                 Expect("input_audio_transcription.completed")), ("close", 1000, ""))
+
+    def ok(msgs):
+        kinds = [m.get("type") for m in msgs]
+        done = [m for m in msgs if m.get("type") == "conversation.item.input_audio_transcription.completed"]
+        return (kinds[:2] == ["session.created", "session.updated"] and "input_audio_buffer.committed" in kinds
+                and len(done) == 1 and done[0]["transcript"])
     return plan, ok
 
 
 HEALTH = {"speechmatics": _sm_health, "voicerun": _vr_health, "yourvoic": _yv_health, "scriptix": _sx_health,
-          "vblaze": _vb_health, "deepgram": _dg_health, "assemblyai": _aa_health}
+          "vblaze": _vb_health, "deepgram": _dg_health, "assemblyai": _aa_health, "openai": _oa_health}
 
 
 # --- the tests --------------------------------------------------------------------------------------------------
@@ -643,8 +669,10 @@ def health_check(fs: ServerThread, dialect: str) -> None:
     plan, ok = HEALTH[dialect]()
     obs = play(fs, dialect, plan)
     msgs = obs.frames if dialect == "vblaze" else [json.loads(f) for f in obs.frames]
-    assert obs.close is not None and obs.close.code == 1000 and obs.client_code is None, \
-        f"{dialect}: the well-formed session did not end with the server's 1000: {obs.close!r}"
+    # The server closes with 1000, or (OpenAI: no end of stream) the client does, as its plan says.
+    client_code = plan.ending[1] if plan.ending[0] == "close" else None
+    assert obs.close is not None and obs.close.code == 1000 and obs.client_code == client_code, \
+        f"{dialect}: the well-formed session did not end with 1000 as it should: {obs.close!r}"
     assert ok(msgs), f"{dialect}: the well-formed session went wrong: {msgs!r}"
 
 

@@ -68,7 +68,8 @@ def test_the_start_up_block_names_every_dialects_url_the_engine_and_the_test_mod
     base = server["url"]
     assert urls == {"speechmatics": f"{base}/v2", "voicerun": f"{base}/ws", "scriptix": f"{base}/v2/realtime",
                     "yourvoic": f"{base}/api/v1/stt/realtime/stream", "vblaze": f"{base}/transcribe",
-                    "deepgram": f"{base}/v1/listen", "assemblyai": f"{base}/v3/ws"}
+                    "deepgram": f"{base}/v1/listen", "assemblyai": f"{base}/v3/ws",
+                    "openai": f"{base}/v1/realtime"}
     assert any(r.get("engine") == "scripted" and "decode_workers" in r for r in records)
     modes = {r["test_mode"]: r["message"] for r in records if "test_mode" in r}
     assert set(modes) == {"conformance", "faults"}

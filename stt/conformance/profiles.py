@@ -376,5 +376,43 @@ ASSEMBLYAI = Profile(
     closes_on_entry=frozenset({"terminated"}),
 )
 
+# --- OpenAI Realtime (transcription) --------------------------------------------------------------------------
+
+#: 100 ms of low noise, PCM16 at 24 kHz (OpenAI's audio/pcm): a commit needs 100 ms at least.
+OPENAI_AUDIO_100MS: bytes = np.random.default_rng(0).integers(-8, 9, 2400).astype("<i2").tobytes()
+
+
+def _oa_problem(frame: Frame) -> str | None:
+    msg = _json(frame)
+    if isinstance(msg, dict) and msg.get("type") == "error":
+        error = msg.get("error")
+        code = error.get("code") if isinstance(error, dict) else None
+        return code if isinstance(code, str) else "an error without error.code"
+    return None
+
+
+OPENAI = Profile(
+    dialect="openai",
+    path="/v1/realtime",
+    query={"intent": "transcription"},
+    headers={},
+    key=_bearer,
+    client={
+        "session.update": _text({"type": "session.update", "session": {"type": "transcription", "audio": {"input": {
+            "format": {"type": "audio/pcm", "rate": 24000}, "transcription": {"model": "gpt-4o-transcribe"},
+            "turn_detection": None}}}}),
+        "transcription_session.update": _text({"type": "transcription_session.update", "session": {
+            "input_audio_format": "pcm16", "turn_detection": None}}),
+        "input_audio_buffer.append": _text({"type": "input_audio_buffer.append",
+                                            "audio": base64.b64encode(OPENAI_AUDIO_100MS).decode()}),
+        "input_audio_buffer.commit": _text({"type": "input_audio_buffer.commit"}),
+        "input_audio_buffer.clear": _text({"type": "input_audio_buffer.clear"}),
+    },
+    server={},  # the server moves the chart by no event of its own: the client alone moves it, and closes
+    problem=_oa_problem,
+    answer=lambda rule: rule.error,
+    greeting=_field("type", "session.created"),
+)
+
 PROFILES: dict[str, Profile] = {p.dialect: p for p in (SPEECHMATICS, VOICERUN, YOURVOIC, VBLAZE, SCRIPTIX, DEEPGRAM,
-                                                       ASSEMBLYAI)}
+                                                       ASSEMBLYAI, OPENAI)}

@@ -7,6 +7,7 @@ import functools
 from stt.dialects.assemblyai import AssemblyAIDialect
 from stt.dialects.base import DialectBase, Route
 from stt.dialects.deepgram import DeepgramDialect
+from stt.dialects.openai import OpenAIDialect
 from stt.dialects.scriptix import ScriptixDialect
 from stt.dialects.speechmatics import SpeechmaticsDialect
 from stt.dialects.vblaze import VBlazeDialect
@@ -15,7 +16,7 @@ from stt.dialects.yourvoic import YourVoicDialect
 
 #: Every dialect the server speaks. The order is not a rule: dialect_for routes the most specific path first.
 DIALECTS = (ScriptixDialect, SpeechmaticsDialect, VoiceRunDialect, YourVoicDialect, VBlazeDialect, DeepgramDialect,
-            AssemblyAIDialect)
+            AssemblyAIDialect, OpenAIDialect)
 
 
 @functools.lru_cache(maxsize=4)

@@ -272,6 +272,8 @@ async def test_the_server_accepts_the_subprotocol_the_dialect_declares_when_the_
      "VR-CFG-001"),
     (stt.dialects.dialect_named("scriptix"), "/v2/realtime", '{"action":"start","partial":"yes"}', "SX-START-001"),
     (stt.dialects.dialect_named("vblaze"), "/transcribe", b"OggS" + bytes(60), "VB-AUDIO-002"),
+    (stt.dialects.dialect_named("openai"), "/v1/realtime", '{"type":"input_audio_buffer.append","audio":"!!"}',
+     "OA-AUDIO-001"),
 ], ids=lambda v: v.name if isinstance(v, type) else None)
 def test_a_message_whose_content_breaks_a_rule_leaves_the_chart_where_it_was(dialect, path, bad, rule_id):
     """The chart is asked first (peek), the content validated, and the machine moved only when both pass."""
