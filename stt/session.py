@@ -417,7 +417,7 @@ class Session:
                 self._end("invalid_utf8" if failure[0] == 1007 else "protocol_error", failure[1])
             elif code == 1009 and self.ws.closed is not None and "maximum message size" in (exc.reason.reason or ""):
                 self._end("message_too_large", exc.reason.reason)
-            elif self._finished:
+            elif self._finished or (code == 1000 and self.dialect.ends_with_client_close):
                 self._end("normal")
             elif code in _GONE:
                 self._end("dropped", f"close code {code}")

@@ -607,6 +607,7 @@ def _aa_health() -> tuple[Plan, Any]:
         return (kinds[0] == "Begin" and kinds[-1] == "Termination"
                 and any(m.get("type") == "Turn" and m.get("end_of_turn") and m.get("turn_is_formatted")
                         and m.get("transcript") for m in msgs))
+    return plan, ok
 
 
 def _oa_health() -> tuple[Plan, Any]:

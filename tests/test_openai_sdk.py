@@ -150,7 +150,7 @@ def test_ga_sdk_commits_the_audio_and_gets_committed_delta_and_the_engine_s_tran
     assert completed.usage.type == "tokens" and completed.usage.input_tokens > 0
     assert len({e.event_id for e in events}) == len(events)
     (ending,) = wait_for_endings(server, 1, since)
-    assert ending["close_code"] == 1000 and ending["ending"] in ("client_closed", "normal")  # the client closed
+    assert ending["close_code"] == 1000 and ending["ending"] == "normal"  # the client closed: the normal end
 
 
 # --- beta -----------------------------------------------------------------------------------------------------

@@ -52,7 +52,7 @@ async def test_ga_manual_commit_and_the_client_closing_end_the_session():
         assert [e["type"] for e in events] == ["input_audio_buffer.committed",
                                                "conversation.item.input_audio_transcription.delta", COMPLETED]
         assert events[-1]["transcript"] == "one two three four"  # 2 s of the script, half a second a word
-        await wait_until(lambda: server.endings[("openai", "client_closed", "LC-END-003")] == 1)
+        await wait_until(lambda: server.endings[("openai", "normal", "LC-END-001")] == 1)
 
 
 async def test_beta_server_vad_items_come_by_themselves():

@@ -212,6 +212,9 @@ class DialectBase:
     closes_after_end: ClassVar[bool]
     #: A client without a valid key is refused at the upgrade with HTTP 401, instead of a close code.
     rejects_unauthorised: ClassVar[bool]
+    #: The protocol has no end of stream: the client's close with 1000 is the session's normal ending, not a
+    #: client that left early (OpenAI Realtime: the client closes when it has the transcripts it wants).
+    ends_with_client_close: ClassVar[bool] = False
 
     # --- traits with a default ------------------------------------------------------------------------------
     #: The ways the client's key may come at the upgrade, tried in order by credential().

@@ -204,6 +204,7 @@ class OpenAIDialect(DialectBase):
 
     closes_after_end = False  # OpenAI has no end of stream: the client closes; an end of transcript never comes
     rejects_unauthorised = True  # HTTP 401 at the upgrade
+    ends_with_client_close = True  # and its close with 1000 is the normal end of the session, not an early leave
 
     def __init__(self, handshake: Handshake):
         intent = handshake.query.get("intent")
