@@ -22,7 +22,7 @@ from deepgram.listen.v1.types import (  # noqa: E402
 )
 
 from stt.wer import wer  # noqa: E402
-from tests.helpers import DATA, GAP_RECORDING, REFERENCES  # noqa: E402
+from tests.helpers import DATA, REFERENCES  # noqa: E402
 from tests.serve_process import stt_serve  # noqa: E402
 from tests.test_voicerun_end_to_end import batch_transcript  # noqa: E402
 
@@ -79,7 +79,7 @@ def check_session(messages, audio: bytes, name: str) -> None:
 
 
 def test_the_sync_client_streams_speech_and_gets_every_result_type_then_metadata_and_the_close(server):
-    audio = pcm16(GAP_RECORDING)
+    audio = pcm16("ps_goforward.wav")
     client = DeepgramClient(api_key=KEY, environment=environment(server["port"]))
     messages: list = []
     with client.listen.v1.connect(**OPTIONS) as socket:
@@ -91,7 +91,7 @@ def test_the_sync_client_streams_speech_and_gets_every_result_type_then_metadata
         socket.send_close_stream()
         reader.join(TIMEOUT)
         assert not reader.is_alive(), "the server did not close after CloseStream"
-    check_session(messages, audio, GAP_RECORDING)
+    check_session(messages, audio, "ps_goforward.wav")
 
 
 def test_the_async_client_streams_speech_finalizes_and_closes(server):
