@@ -212,9 +212,6 @@ class DialectBase:
     closes_after_end: ClassVar[bool]
     #: A client without a valid key is refused at the upgrade with HTTP 401, instead of a close code.
     rejects_unauthorised: ClassVar[bool]
-    #: The protocol has no end of stream: the client's close with 1000 is the session's normal ending, not a
-    #: client that left early (OpenAI Realtime: the client closes when it has the transcripts it wants).
-    ends_with_client_close: ClassVar[bool] = False
 
     # --- traits with a default ------------------------------------------------------------------------------
     #: The ways the client's key may come at the upgrade, tried in order by credential().
@@ -241,6 +238,9 @@ class DialectBase:
     refuses_busy_at_upgrade: ClassVar[bool] = False
     #: The HTTP status of that refusal (Deepgram: 429 Too Many Requests).
     busy_status: ClassVar[int] = 503
+    #: The protocol has no end of stream: the client's close with 1000 is the session's normal ending, not a
+    #: client that left early (OpenAI Realtime: the client closes when it has the transcripts it wants).
+    ends_with_client_close: ClassVar[bool] = False
     #: Seconds without a client message that end the session with the chart's idle_timeout ending, where the
     #: vendor's limit is shorter than the server's --idle-timeout (Deepgram: 10 s, NET-0001); None: that alone.
     message_idle_timeout: ClassVar[float | None] = None
