@@ -64,8 +64,9 @@ def examples_dir() -> Path:
 
 
 def message_type(frame: Any) -> str:
-    """The name of a server message: its "message", "type" or "state" (Speechmatics, most, Scriptix), "error"
-    for an error object, "transcript" for a result without a type (V-Blaze), "binary" for a binary frame."""
+    """The name of a server message: its "message" or "type" (Speechmatics; most others), "state: X" for a
+    Scriptix state, "error" for an error object, "transcript (done)" for V-Blaze's transcript, else the name of
+    its first field (Scriptix's "partial" and "result"); "binary" for a binary frame, "text" for another."""
     if isinstance(frame, (bytes, bytearray)):
         return "binary"
     if isinstance(frame, str):
@@ -73,7 +74,7 @@ def message_type(frame: Any) -> str:
             frame = json.loads(frame)
         except ValueError:
             return "text"
-    if not isinstance(frame, dict):
+    if not isinstance(frame, dict) or not frame:
         return "text"
     for key in ("message", "type"):
         if isinstance(frame.get(key), str):
@@ -84,10 +85,7 @@ def message_type(frame: Any) -> str:
         return "error"
     if "donedate" in frame:
         return "transcript (done)"
-    if "utterances" in frame or "text" in frame or "transcript" in frame:
-        return "partial transcript" if frame.get("final") is False or frame.get("is_final") is False \
-            else "transcript"
-    return "object"
+    return next(iter(frame))
 
 
 # --- the typical session -------------------------------------------------------------------------------------
@@ -269,13 +267,18 @@ def shown(frame: Frame) -> dict:
     return {"text": frame}
 
 
+def answered(frame: Frame) -> dict:
+    """A server frame as an example file holds it: its message type, and the frame (shown)."""
+    return {"type": message_type(frame), **shown(frame)}
+
+
 def _record_frame(record: dict) -> Frame:
     if record["type"] == "binary":
         return base64.b64decode(record["base64"])
     return record["text"]
 
 
-def exchange(logbook: list[dict], sent: list[str], audio_event: str) -> dict:
+def exchange(logbook: list[dict], sent: list[str], audio_event: str, closed_by: str = "server") -> dict:
     """The session of an example file from its logbook and the chart events of the client's frames."""
     frames: list[dict] = []
     events = iter(sent)
@@ -302,6 +305,8 @@ def exchange(logbook: list[dict], sent: list[str], audio_event: str) -> dict:
         elif record["kind"] == "close":
             close = {"code": record["code"], "ending": record["ending"], "rule": record["rule"],
                      "state": record["state"]}
+    if close is not None:
+        close["by"] = closed_by
     return {"handshake": handshake, "frames": frames, "close": close}
 
 
@@ -357,7 +362,7 @@ def errors(name: str) -> dict[str, dict]:
         answer = driver.dialect.render_violation(violations[0])
         out[case.rule.id] = {"state": case.state, "event": case.event, "path": list(case.path),
                              "frames": [shown(f) for f in frames], "detail": violations[0].detail,
-                             "answer": [shown(f) for f in answer], "close": case.rule.close}
+                             "answer": [answered(f) for f in answer], "close": case.rule.close}
     return out
 
 
@@ -382,8 +387,20 @@ def endings(name: str) -> dict[str, dict]:
             driver = _Driver(name)
             for event in TYPICAL[name].before:
                 driver.apply(event)
-            entry["answer"] = [shown(f) for f in driver.dialect.render_violation(Violation(rule, ""))]
+            entry["answer"] = [answered(f) for f in driver.dialect.render_violation(Violation(rule, ""))]
         out[ending] = entry
+    return out
+
+
+def answers(name: str) -> dict[str, list[dict]]:
+    """rule id -> the frames the dialect answers a breach of it with (render_violation, with no detail, in the
+    state audio flows in), for every rule of its chart: [] where the vendor sends none (the close says it)."""
+    out = {}
+    for rule in chart_of(name).rules.values():
+        driver = _Driver(name)
+        for event in TYPICAL[name].before:
+            driver.apply(event)
+        out[rule.id] = [answered(f) for f in driver.dialect.render_violation(Violation(rule, ""))]
     return out
 
 
@@ -472,7 +489,8 @@ async def record_sessions(names: list[str], engine: str = "sphinx", pace: float 
                         await trio.sleep(0.01)
                     session = next(iter(new)).stem
                     await done.setdefault(session, trio.Event()).wait()
-                out[name] = exchange(_read_logbook(directory / f"{session}.jsonl"), sent, TYPICAL[name].audio)
+                out[name] = exchange(_read_logbook(directory / f"{session}.jsonl"), sent, TYPICAL[name].audio,
+                                     "client" if TYPICAL[name].until is not None else "server")
     return out
 
 
@@ -487,6 +505,7 @@ def example(name: str, session: dict, engine: str) -> dict:
         "messages": messages(name, session),
         "errors": errors(name),
         "endings": endings(name),
+        "answers": answers(name),
     }
 
 
@@ -510,5 +529,5 @@ def record(out_dir: Path | None = None, names: list[str] | None = None, engine: 
     return written
 
 
-__all__ = ["TYPICAL", "errors", "endings", "example", "examples_dir", "exchange", "message_type", "messages",
+__all__ = ["TYPICAL", "answered", "answers", "errors", "endings", "example", "examples_dir", "exchange", "message_type", "messages",
            "record", "record_sessions", "shortened", "shown"]
