@@ -90,6 +90,8 @@ def mermaid(chart: Chart) -> str:
         if source == target:
             ordered = [e for e in events if e in chart.client_events] + [e for e in events
                                                                          if e not in chart.client_events]
+            # Mermaid shows a state's first description as its title, the others under it: the name first.
+            lines.append(f"    {source} : {source}")
             lines += [f"    {source} : {LOOP_MARK} {marked(chart, e)}" for e in ordered]
             continue
         if events == [CLOSE] and not _closes_only(chart, source):
@@ -127,8 +129,13 @@ _TEXT_KEYS = ("transcript", "text", "partial", "delta")
 
 
 def said(value) -> str | None:
-    """The words a result carries (its first transcript, text, partial or delta; Scriptix's result words)."""
+    """The words a result carries (its first transcript, text, partial or delta; Scriptix's result words,
+    V-Blaze's utterance events)."""
     if isinstance(value, dict):
+        if isinstance(value.get("events"), list):
+            words = [e["word"] for e in value["events"] if isinstance(e, dict) and isinstance(e.get("word"), str)]
+            if words:
+                return " ".join(words)
         for key in _TEXT_KEYS:
             if isinstance(value.get(key), str) and value[key].strip():
                 return value[key].strip()
