@@ -238,6 +238,8 @@ def _answer_lines(chart: Chart, rule_id: str, answer: list[dict], close: int | N
     if close is not None:
         reason = (rule.error or rule.message)[:40]
         lines.append(f"    stt-->>Client: Close {close} {_mermaid_text(reason)}")
+    elif not answer:
+        lines.append("    Note over Client,stt: no answer (the vendor sends none), the session goes on")
     else:
         lines.append("    Note over Client,stt: the session goes on")
     return lines
