@@ -47,7 +47,8 @@ from trio_websocket import ConnectionClosed, open_websocket_url
 from stt.conformance.catalogue import cases, chart_of, runnable
 from stt.conformance.profiles import CLOSE, PROFILES, Frame, Profile
 from stt.dialects import dialect_named
-from stt.events import Configure, Final, Partial, SpeechStarted, SpeechStopped, Violation, Word
+from stt.dialects.base import render_shutting_down
+from stt.events import Configure, Final, Partial, ShuttingDown, SpeechStarted, SpeechStopped, Violation, Word
 from stt.server import open_server
 from stt.settings import ServerConfig
 from stt.statechart import charts_dir
@@ -111,14 +112,14 @@ def _is(type_name: str) -> Callable[[Any], bool]:
 
 TYPICAL: dict[str, Typical] = {
     "speechmatics": Typical(("StartRecognition", "RecognitionStarted"), "AddAudio", ("EndOfStream",),
-                            middle=("SetRecognitionConfig",)),
+                            middle=("SetRecognitionConfig", "ForceEndOfUtterance")),
     "voicerun": Typical(("session.update", "session.updated"), "audio.append", ("session.close",)),
     "yourvoic": Typical((), "audio", ("close_request",)),
     "vblaze": Typical((), "audio", ("end_of_audio",)),
     "scriptix": Typical(("start", "listening"), "audio", ("stop",)),
-    "deepgram": Typical((), "audio", ("Finalize", "CloseStream"), middle=("KeepAlive",),
+    "deepgram": Typical((), "audio", ("Finalize", "CloseStream"), middle=("KeepAlive", "Configure"),
                         query={"vad_events": "true", "utterance_end_ms": "1000"}),
-    "assemblyai": Typical((), "audio", ("Terminate",), middle=("KeepAlive",)),
+    "assemblyai": Typical((), "audio", ("Terminate",), middle=("KeepAlive", "UpdateConfiguration", "ForceEndpoint")),
     "openai": Typical(("session.update",), "input_audio_buffer.append", ("input_audio_buffer.commit",),
                       until=_is("conversation.item.input_audio_transcription.completed")),
 }
@@ -415,7 +416,8 @@ def _own_endings(name: str) -> list[str]:
 
 
 def _rendered(name: str) -> list[Frame]:
-    """The frames the dialect renders for a partial, a final and the speech events, in a started session."""
+    """The frames the dialect renders for a partial, a final, the speech events and (where its vendor has a
+    message for it) the server's shutdown, in a started session."""
     driver = _Driver(name)
     for event in TYPICAL[name].before:
         driver.apply(event)
@@ -427,6 +429,8 @@ def _rendered(name: str) -> list[Frame]:
             frames += driver.dialect.render(result)
         except (TypeError, AttributeError, ValueError):
             continue
+    if driver.dialect.announces_shutdown:
+        frames += render_shutting_down(driver.dialect, ShuttingDown(1796688000.0))
     return frames
 
 
