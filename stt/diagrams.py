@@ -72,7 +72,8 @@ def edge_label(chart: Chart, events: list[str]) -> str:
 
 
 def _closes_only(chart: Chart, state: str) -> bool:
-    return all(t.event == CLOSE for t in chart.transitions if t.source == state)
+    """Nothing but the connection closing moves the session on from `state` (its loops aside)."""
+    return all(t.event == CLOSE or t.target == state for t in chart.transitions if t.source == state)
 
 
 #: How a state lists the events that leave it where it is (drawn inside the state, not as a loop).
@@ -82,7 +83,7 @@ LOOP_MARK = "⟲"
 def mermaid(chart: Chart) -> str:
     """stateDiagram-v2, drawn so that no two labels overlap: the events that leave a state where it is are
     listed inside the state (a self-loop's label lands on the state's other edges); the connection closing
-    (`close`, from every state) is drawn only from the states it is the only way out of, and said once in a
+    (`close`, from every state) is drawn only from the states it is the only way on from, and said once in a
     note (drawn from every state, its labels crowded the final state); an edge's events stand one a line."""
     lines = ["stateDiagram-v2", f"    [*] --> {chart.initial}"]
     closed_targets = {t.target for t in chart.transitions if t.event == CLOSE}
@@ -104,7 +105,7 @@ def mermaid(chart: Chart) -> str:
         lines.append(f"    note right of {target}: {marked(chart, CLOSE)} from every state")
     server_moved = sorted({t.source for t in chart.transitions if t.event in chart.server_events and t.event != CLOSE
                            and t.source != t.target})
-    if server_moved:
+    if server_moved and chart.client_events:  # where the server alone moves the chart, shading says nothing
         lines.append("    classDef serverMoves fill:#fff3d6,stroke:#b07d00")
         lines.append(f"    class {','.join(server_moved)} serverMoves")
     return "\n".join(lines)
