@@ -91,6 +91,12 @@ def _parser() -> argparse.ArgumentParser:
                           help="output folder (default: docs/statecharts of the current directory: run it in the "
                                "checkout)")
     diagrams.add_argument("--check", action="store_true", help="write nothing; exit 1 if the pages are stale")
+    diagrams.add_argument("--record", action="store_true",
+                          help="first record each dialect's example exchange (statecharts/examples/<dialect>.json: "
+                               "a typical session against an in-process server with the sphinx engine, the error "
+                               "paths and every message), then write the pages from them")
+    diagrams.add_argument("--dialect", action="append", metavar="NAME",
+                          help="with --record: record only this dialect (repeat for more)")
     _add_conformance_commands(commands)
     from stt.transcribe import add_transcribe_command
 
@@ -315,6 +321,10 @@ def main(argv: list[str] | None = None) -> int:
             for name in stale:
                 print(f"stale: {args.out / name} (run: stt diagrams)", file=sys.stderr)
             return 1 if stale else 0
+        if args.record:
+            from stt import teaching
+
+            teaching.record(names=args.dialect)
         for path in diagrams.write(args.out):
             print(f"wrote {path}")
         return 0
