@@ -36,6 +36,7 @@ from stt.settings import AUTO, ServerConfig, session_limit
 from stt.events import Violation
 from stt.statechart import load_chart
 from stt.testmodes import ALLOW_CLIENT_FAULTS_FLAG, ClientFaultsRefused, TestModes
+from stt.testmodes import startup_lines as test_mode_lines
 from stt.transport import PendingHandshakes, open_tcp_listeners, tls_context
 
 log = logging.getLogger("stt.server")
@@ -343,9 +344,8 @@ async def open_server(config: ServerConfig, test_modes: TestModes | None = None)
 
 def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int | None = None) -> list[tuple[str, dict]]:
     """(message, extra fields) of each line of the start-up block that follows 'stt listening on URL': each
-    dialect's URL, from the routes it declares (any other paths after it), the engine, and any test mode that
-    changes what clients get (conformance recording, a fault plan for every session), so that no one runs one
-    by mistake."""
+    dialect's URL, from the routes it declares (any other paths after it), the engine, and the test modes that
+    change what clients get (stt.testmodes.startup_lines), so that no one runs one by mistake."""
     lines = []
     for dialect in DIALECTS:
         first, *more = dialect.routes
@@ -368,14 +368,7 @@ def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int |
     if admin_port is not None:
         admin = f"http://{config.admin_host}:{admin_port}"
         lines.append((f"  admin: {admin}/healthz, /readyz, /metrics", {"admin_url": admin}))
-    if config.conformance_dir is not None:
-        who = "connections that ask (x-stt-conformance: 1)" if config.conformance_opt_in else "every session"
-        lines.append((f"  TEST MODE: conformance: recording {who} in {config.conformance_dir}",
-                      {"test_mode": "conformance", "conformance_dir": str(config.conformance_dir)}))
-    if config.faults:
-        lines.append((f"  TEST MODE: fault plan for every session without its own: {config.faults}",
-                      {"test_mode": "faults", "faults": config.faults}))
-    return lines
+    return lines + test_mode_lines(config)
 
 
 def _log_session_limit(server: Server) -> None:

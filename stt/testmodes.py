@@ -78,6 +78,20 @@ class TestModes:
         return ConnectionModes(self, attrs.evolve(handshake, query=query), faults, record)
 
 
+def startup_lines(config) -> list[tuple[str, dict]]:
+    """(message, extra fields) of the start-up block's lines for the test modes a ServerConfig turns on: what
+    changes what clients get (recording, a fault plan for every session), so that no one runs one by mistake."""
+    lines = []
+    if config.conformance_dir is not None:
+        who = "connections that ask (x-stt-conformance: 1)" if config.conformance_opt_in else "every session"
+        lines.append((f"  TEST MODE: conformance: recording {who} in {config.conformance_dir}",
+                      {"test_mode": "conformance", "conformance_dir": str(config.conformance_dir)}))
+    if config.faults:
+        lines.append((f"  TEST MODE: fault plan for every session without its own: {config.faults}",
+                      {"test_mode": "faults", "faults": config.faults}))
+    return lines
+
+
 @attrs.frozen
 class ConnectionModes:
     """One connection's test modes (TestModes.for_connection)."""
@@ -126,4 +140,5 @@ class ConnectionModes:
                      extra={"session": session, "report": str(paths[0])})
 
 
-__all__ = ["ALLOW_CLIENT_FAULTS_FLAG", "CLIENT_FAULTS_OFF", "ClientFaultsRefused", "ConnectionModes", "TestModes"]
+__all__ = ["ALLOW_CLIENT_FAULTS_FLAG", "CLIENT_FAULTS_OFF", "ClientFaultsRefused", "ConnectionModes", "TestModes",
+           "startup_lines"]
