@@ -31,7 +31,7 @@ KEY = "explorer-test-key-0123"
 
 @asynccontextmanager
 async def explorer_server(*, explorer: bool = True, **config):
-    server_config = ServerConfig(port=0, engine="scripted", limits=SessionLimits(), **config)
+    server_config = ServerConfig(port=0, engine=config.pop("engine", "scripted"), limits=SessionLimits(), **config)
     modes, pages = with_explorer(TestModes.from_config(server_config), server_config.api_keys)
     if not explorer:
         modes, pages = TestModes.from_config(server_config), None
