@@ -94,7 +94,9 @@ async def events(port: int, query: str = ""):
         yield feed
 
 
-async def speechmatics_session(port: int, path: str = "/v2", seconds: float = 1.0, tag: str | None = None) -> None:
+async def speechmatics_session(port: int, path: str = "/v2", seconds: float = 1.0, tag: str | None = None,
+                               pace: float = 0.0) -> None:
+    """A whole session of raw Speechmatics frames: 100 ms of silence a frame, `pace` seconds apart."""
     url = f"ws://127.0.0.1:{port}{path}" + (f"?stt_watch={tag}" if tag else "")
     async with open_websocket_url(url) as ws:
         await ws.send_message(start_message())
@@ -102,6 +104,7 @@ async def speechmatics_session(port: int, path: str = "/v2", seconds: float = 1.
         frames = frames_of(silence(seconds), 3200)
         for frame in frames:
             await ws.send_message(frame)
+            await trio.sleep(pace)
         await ws.send_message(json.dumps({"message": "EndOfStream", "last_seq_no": len(frames)}))
         while json.loads(await ws.get_message())["message"] != "EndOfTranscript":
             pass

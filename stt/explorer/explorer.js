@@ -109,7 +109,13 @@ async function showChart(name) {
 function highlight(state) {
   if (!state) return;
   $("state").textContent = state;
-  if (view.path[view.path.length - 1] !== state) {
+  const previous = view.path[view.path.length - 1];
+  if (previous !== undefined) {  // the edge it went along (a loop, for a frame that stays)
+    const edge = document.querySelector(`#diagram .edge[data-source="${previous}"][data-target="${state}"]`);
+    for (const g of document.querySelectorAll("#diagram .edge.now")) g.classList.remove("now");
+    edge?.classList.add("taken", "now");
+  }
+  if (previous !== state) {
     view.path.push(state);
     $("path").append(el("li", {}, state));
     document.body.dataset.states = view.path.join(" ");
@@ -128,6 +134,7 @@ function resetView() {
   $("finals").textContent = ""; $("partial").textContent = ""; $("state").textContent = "—";
   for (const name of ["states", "finals", "rule", "close", "clientClose", "session"]) delete document.body.dataset[name];
   for (const g of document.querySelectorAll("#diagram .state")) g.classList.remove("current", "visited");
+  for (const g of document.querySelectorAll("#diagram .edge")) g.classList.remove("taken", "now");
 }
 
 function pretty(text) {
@@ -200,6 +207,12 @@ function onRecord(record) {
     document.body.dataset.close = String(record.code);
     highlight(record.state);
     if (dialect?.chart.final.length && record.state !== dialect.chart.final[0]) highlight(dialect.chart.final[0]);
+  } else if (record.kind === "move") {
+    if (record.server) {  // a client event's move shows with its frame; a server event's may have none
+      view.run = null;
+      logRow("move", "⇢", t, `${record.from} → ${record.to} (${record.event})`);
+    }
+    highlight(record.to);
   } else if (record.kind === "configure") {
     logRow("configure", "⚙", t, `audio: ${record.format.encoding} ${record.format.sample_rate ?? ""} Hz`);
   } else if (record.kind === "dropped") {

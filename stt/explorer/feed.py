@@ -14,6 +14,7 @@ Records (each with "t", seconds since the session opened, and "session"):
     {"kind": "open", "dialect", "path", "query", "faults", "state", "tag"}
     {"kind": "in" | "out", "n", "type": "text", "text", "bytes", "state"}  (a client frame: "events", "audio")
     {"kind": "in" | "out", "n", "type": "binary", "bytes", "state"}
+    {"kind": "move", "from", "event", "to", "server"}  the chart moved (before the frame that moved it, if any)
     {"kind": "configure", "format": {...}}
     {"kind": "violation", "rule", "detail", "frame", "requirement", "error", "message", "close"}
     {"kind": "close", "code", "ending", "rule", "detail", "state", "requirement", "error", "message"}
@@ -123,6 +124,8 @@ class Watched:
         self.history: collections.deque[dict] = collections.deque(maxlen=HISTORY)
         self.feeds: set[Feed] = set()
         self._clock = trio.current_time()
+        self._machine = dialect.machine
+        self._machine.moves.append(self._machine_moved)
         self._add({"kind": "open", "dialect": self.dialect, "path": self.path,
                    "query": redact_items(handshake.query, self._secrets), "faults": faults, "state": self.state,
                    "tag": tag})
@@ -198,7 +201,15 @@ class Watched:
                    "state": state, **{k: v for k, v in self._rule(rule).items() if k != "close"}})
         self._moved(state)
 
+    def _machine_moved(self, move) -> None:
+        """The dialect's chart moved (a client event, or a server event that no frame carries)."""
+        self._add({"kind": "move", "from": move.source, "event": move.event, "to": move.target,
+                   "server": move.event in self.chart.server_events})
+        self._moved(move.target)
+
     def finish(self) -> None:
+        if self._machine_moved in self._machine.moves:
+            self._machine.moves.remove(self._machine_moved)
         self.ended = True
         self._add({"kind": "ended"})
         for feed in self.feeds:
