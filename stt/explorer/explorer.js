@@ -162,6 +162,7 @@ function onRecord(record) {
   const t = `${record.t?.toFixed?.(2) ?? ""}s`;
   if (record.kind === "open") {
     document.body.dataset.session = record.session;
+    for (const [id, row] of rows) row.classList.toggle("watched", id === record.session);
     $("watching").textContent = `session ${record.session} (${record.dialect} ${record.path})`;
     logRow("open", "•", t, `open ${record.path}${record.faults ? `  fault plan: ${record.faults}` : ""}`);
     highlight(record.state);
