@@ -30,6 +30,7 @@ from stt import __version__
 from stt.conformance.svg import state_diagram
 from stt.dialects import DIALECTS
 from stt.explorer.feed import Hub
+from stt.statechart import refusals
 from stt.transport import PlainRequest
 
 log = logging.getLogger("stt.explorer")
@@ -62,7 +63,7 @@ def dialect_table(client_faults: bool, keys_required: bool) -> dict:
                       "final": sorted(chart.final), "client_events": chart.client_events,
                       "server_events": chart.server_events,
                       "transitions": [[t.source, t.event, t.target] for t in chart.transitions],
-                      "forbidden": [[state, event, rule] for (state, event), rule in chart.forbidden.items()],
+                      "forbidden": [[r.state, r.event, r.rule.id] for r in refusals(chart)],
                       "rules": {rule.id: {"requirement": rule.requirement, "error": rule.error or rule.warning,
                                           "message": rule.message, "close": rule.close}
                                 for rule in chart.rules.values()}}})
