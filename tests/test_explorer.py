@@ -283,3 +283,15 @@ def test_long_json_strings_are_shortened_and_short_frames_kept_as_they_are():
     assert json.loads(shorten(frame))["audio"].endswith("(5000 characters)")
     assert shorten('{"type":"session.close"}') == '{"type":"session.close"}'
     assert len(shorten("x" * 10000)) < 4100
+
+
+async def test_a_frames_credentials_stay_out_of_the_feed_even_where_a_long_string_is_shortened():
+    from stt.dialects.base import Handshake
+    from stt.dialects.voicerun import VoiceRunDialect
+
+    handshake = Handshake("/ws", {}, {"authorization": f"Bearer {KEY}"})
+    with Hub().watch("s1", VoiceRunDialect(handshake), handshake, "", None) as watched:
+        watched.frame_in(json.dumps({"type": "x", "url": "wss://h/p?token=SECRETSECRET" + "a" * 300,
+                                     "bare": "b" * 30 + KEY + "c" * 200, "key": KEY}), "updated")
+    text = watched.history[-2]["text"]  # before its "ended"
+    assert "SECRETSE" not in text and KEY[:8] not in text and text.count("<redacted>") == 3, text

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator
 import trio
 
 from stt.events import Audio, AudioFormat
-from stt.redaction import connection_secrets, redact, redact_items, redact_path
+from stt.redaction import MIN_SECRET, REDACTED, connection_secrets, redact, redact_items, redact_path
 
 HISTORY = 500  # records kept per session
 ENDED_KEPT = 20  # sessions kept after their end
@@ -165,12 +165,21 @@ class Watched:
     def _scrub(self, text: str) -> str:
         return redact(text, (*self._secrets, self._credential()))
 
+    def _shown(self, text: str) -> str:
+        """A frame's text as the feed keeps it: the known secrets out of the whole of it, then shortened, then
+        the rest of the redaction (NAME=VALUE of a credential's name), which is costly over kilobytes of base64
+        and need only see what is kept: a value that is kept at all is kept with the NAME= before it."""
+        for secret in (*self._secrets, self._credential()):
+            if secret and len(secret) >= MIN_SECRET:
+                text = text.replace(secret, REDACTED)
+        return self._scrub(shorten(text))
+
     # --- SessionRecorder ---------------------------------------------------------------------------------
 
     def _frame(self, direction: str, frame: str | bytes, state: str) -> dict:
         self.frames += 1
         if isinstance(frame, str):
-            return {"kind": direction, "n": self.frames, "type": "text", "text": shorten(self._scrub(frame)),
+            return {"kind": direction, "n": self.frames, "type": "text", "text": self._shown(frame),
                     "bytes": len(frame.encode()), "state": state}
         return {"kind": direction, "n": self.frames, "type": "binary", "bytes": len(frame), "state": state}
 
