@@ -1,8 +1,9 @@
 """The explorer page in headless Chromium, driven over its DevTools protocol, with a real recording as the fake
 microphone (ps_goforward.wav: "go forward ten meters"): for two dialects the page, as the vendor's client, gets
 the final transcript from the sphinx engine, its chart's highlighted state passes through the chart's states in
-order, and the rule-breaking button brings the chart's error and close code. A screenshot of each is kept in
-tmp_path. Skipped where there is no chromium."""
+order, and the rule-breaking button brings the chart's error and close code; a fault plan picked on the page,
+a dropped file, and watching another client's session work too. A screenshot of each is kept in tmp_path.
+Skipped where there is no chromium."""
 
 from __future__ import annotations
 
@@ -156,6 +157,22 @@ async def fault_plan(page: Page, plan: str, artifacts: Path) -> None:
     await page.js("document.getElementById('fault').value = ''")
 
 
+async def drop_a_file(page: Page, dialect: str, artifacts: Path) -> None:
+    """The recording given to the page's file input, as a learner drops it: the page decodes it, sends it in
+    real time as the dialect's frames, and gets its transcript."""
+    await page.js(f"document.getElementById('dialect').value = '{dialect}';"
+                  "document.getElementById('dialect').dispatchEvent(new Event('change'))")
+    await page.wait_for(f"document.querySelector('#endpoint').textContent.startsWith('/')", 10)
+    root = await page.call("DOM.getDocument")
+    node = await page.call("DOM.querySelector", nodeId=root["root"]["nodeId"], selector="#file")
+    await page.call("DOM.setFileInputFiles", files=[str(RECORDING)], nodeId=node["nodeId"])
+    await page.wait_for("document.body.dataset.close !== undefined && document.body.dataset.clientClose", 30)
+    seen = await page.data()
+    await page.screenshot(artifacts / f"explorer-{dialect}-file.png")
+    assert seen["states"].split() == STATES[dialect] and seen["close"] == "1000", seen
+    assert "forward" in seen.get("finals", "").lower(), seen
+
+
 async def watch_another_client(page: Page, port: int, artifacts: Path) -> None:
     """A session of a client that is not the page (raw Speechmatics frames, sent over 3 s): its row appears in
     the list, and watching it shows its frames and its states as they come."""
@@ -184,5 +201,6 @@ async def test_the_page_speaks_three_dialects_from_the_fake_microphone_and_shows
         for dialect in STATES:
             await speak_and_break(page, server.port, dialect, tmp_path)
         await fault_plan(page, "close=4000@1s", tmp_path)
+        await drop_a_file(page, "speechmatics", tmp_path)
         await watch_another_client(page, server.port, tmp_path)
     print(f"screenshots: {tmp_path}")
