@@ -117,6 +117,7 @@ async def test_the_page_and_its_assets_are_served_on_the_websocket_port_and_load
     async with explorer_server() as server:
         status, headers, page = await get(server.port, "/explore")
         assert status == 200 and headers["content-type"].startswith("text/html")
+        assert headers["content-security-policy"].startswith("default-src 'self'")  # the browser enforces it too
         assets = re.findall(r'(?:src|href)="([^"]+)"', page.decode())
         assert sorted(assets) == ["/explore/explorer.css", "/explore/explorer.js"]
         for asset, kind in (("/explore/explorer.css", "text/css"), ("/explore/explorer.js", "text/javascript")):
@@ -162,6 +163,19 @@ async def test_the_start_up_block_gives_the_explorers_url(caplog):
     caplog.clear()
     async with explorer_server(explorer=False):
         assert not [r for r in caplog.records if "explorer" in r.getMessage()]
+
+
+async def test_stt_serve_serves_the_explorer_and_prints_its_url_and_no_explorer_turns_it_off():
+    from tests.serve_process import stt_serve
+
+    for options, served in ((), True), (("--no-explorer",), False):
+        with stt_serve("--engine", "scripted", *options) as server:
+            status, _, _ = await get(server["port"], "/explore")
+            await trio.sleep(0.5)  # the start-up block is logged as the server starts listening
+            messages = [json.loads(line).get("message", "") for line in server["lines"] if line.startswith("{")]
+            shown = [m for m in messages if "explorer:" in m]
+        assert (status == 200) is served and status in (200, 426), options
+        assert shown == ([f"  explorer: http://127.0.0.1:{server['port']}/explore"] if served else []), messages
 
 
 # --- the charts and the dialect table ---------------------------------------------------------------------------

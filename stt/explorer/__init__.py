@@ -41,6 +41,8 @@ MAX_FEEDS = 32  # Server-Sent Events subscribers at once; more are answered 503
 SEND_TIMEOUT = 10.0  # seconds a subscriber may take to read what is sent (its socket buffer full): then it is dropped
 HEARTBEAT = 15.0  # seconds between comments on an idle feed, so that a client that left is noticed
 ASSETS = {"explorer.css": "text/css; charset=utf-8", "explorer.js": "text/javascript; charset=utf-8"}
+#: The page may load and connect to nothing but this server (its own WebSocket sessions included).
+CSP = "default-src 'self'; connect-src 'self' ws: wss:; img-src 'self' data:; media-src 'self' blob:"
 _TEXT = "text/plain; charset=utf-8"
 _REASONS = {200: "OK", 302: "Found", 401: "Unauthorized", 404: "Not Found", 405: "Method Not Allowed",
             503: "Service Unavailable"}
@@ -126,6 +128,7 @@ class Explorer:
             if self.keys_required and "key" in query:  # the page's other requests carry it from now on
                 headers.append(("Set-Cookie", f"{COOKIE}={urllib.parse.quote(key or '')}; Path={self.path}; "
                                               "HttpOnly; SameSite=Strict"))
+            headers.append(("Content-Security-Policy", CSP))
             await send(stream, 200, "text/html; charset=utf-8", asset("index.html"), headers)
         elif rest == "dialects.json":
             await send_json(stream, dialect_table(self.client_faults, self.keys_required))
