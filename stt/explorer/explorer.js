@@ -49,6 +49,27 @@ const CLIENTS = {
     breaks: {"SM-ORDER-001": () => [new Int16Array(CHUNK).buffer],
              "SM-ORDER-002": () => [...CLIENTS.speechmatics.start(), new Int16Array(CHUNK).buffer]},
   },
+  deepgram: {
+    keyIn: null,
+    keyProtocols: (key) => ["token", key],  // Deepgram's browser form: the subprotocols `token, KEY`
+    query: {model: "nova-3", encoding: "linear16", sample_rate: String(RATE), channels: "1", interim_results: "true"},
+    start: () => [],
+    ready: () => true,
+    audio: (pcm) => pcm.buffer,
+    end: () => [json({type: "CloseStream"})],
+    done: () => false,
+    breaks: {"DG-MSG-002": () => [json({type: "Hello"})], "DG-MSG-001": () => ["not json"]},
+  },
+  assemblyai: {
+    keyIn: "token",
+    query: {sample_rate: String(RATE), encoding: "pcm_s16le"},
+    start: () => [],
+    ready: () => true,
+    audio: (pcm) => pcm.buffer,
+    end: () => [json({type: "Terminate"})],
+    done: () => false,
+    breaks: {"AA-MSG-003": () => [json({type: "Hello"})], "AA-MSG-001": () => ["not json"]},
+  },
   yourvoic: {
     keyIn: "api_key",
     query: {model: "lucid-agent", language: "en", interim_results: "true"},
@@ -74,7 +95,9 @@ function transcriptOf(msg) {
     const text = msg.channel?.alternatives?.[0]?.transcript ?? "";
     return msg.is_final ? {final: text} : {partial: text};
   }
-  if (kind === "Turn") return msg.end_of_turn ? {final: msg.transcript ?? ""} : {partial: msg.transcript ?? ""};
+  if (kind === "Turn") {  // with format_turns, a formatted Turn follows the end of turn and replaces it
+    return msg.end_of_turn ? {final: msg.transcript ?? "", key: `turn-${msg.turn_order}`} : {partial: msg.transcript ?? ""};
+  }
   if (kind === "conversation.item.input_audio_transcription.delta") return {partial: msg.delta ?? ""};
   if (kind === "conversation.item.input_audio_transcription.completed") return {final: msg.transcript ?? ""};
   return null;
@@ -184,6 +207,8 @@ function onRecord(record) {
     if (record.kind === "out") {
       const said = transcriptOf(parsed(record));
       if (said?.final !== undefined && said.final !== "") {
+        if (said.key && said.key === view.lastKey) view.finals.pop();
+        view.lastKey = said.key;
         view.finals.push(said.final);
         $("finals").textContent = view.finals.join(" ");
         $("partial").textContent = "";
@@ -198,7 +223,7 @@ function onRecord(record) {
     logRow("violation", "✗", t, `broke ${record.rule}: ${record.requirement ?? ""}\n${record.detail ?? ""}`);
     $("verdict").append(el("div", {class: "rule"},
       el("strong", {}, record.rule), ` ${record.requirement ?? ""}`, el("br"),
-      `error: ${record.error ?? "—"}; close: ${record.close ?? "none (the session goes on)"}`));
+      `error: ${record.error ?? "—"} (“${record.message ?? ""}”); close: ${record.close ?? "none (the session goes on)"}`));
     document.body.dataset.rule = record.rule;
   } else if (record.kind === "close") {
     view.run = null;
@@ -284,7 +309,9 @@ function endpoint(extra = {}) {
 function canSpeak() {
   const client = CLIENTS[dialect?.name];
   if (!client) return `the page has no client for ${dialect?.name} yet: watch a session of it instead`;
-  if (table.keys_required && !client.keyIn) return `${dialect.name} takes its key in a header a browser cannot set`;
+  if (table.keys_required && !client.keyIn && !client.keyProtocols) {
+    return `${dialect.name} takes its key in a header a browser cannot set on a WebSocket`;
+  }
   if (table.keys_required && !KEY) return "this server wants an API key: open the page with ?key=KEY";
   return null;
 }
@@ -297,7 +324,7 @@ async function openSession({first = null, fault = $("fault").value} = {}) {
   await watch({tag});
   const extra = {stt_watch: tag};
   if (fault) extra.stt_fault = fault;
-  const ws = new WebSocket(endpoint(extra));
+  const ws = new WebSocket(endpoint(extra), KEY && client.keyProtocols ? client.keyProtocols(KEY) : []);
   ws.binaryType = "arraybuffer";
   const session = own = {ws, tag, ready: false, queue: [], sent: 0, ending: false};
   ws.onopen = () => {
@@ -365,7 +392,10 @@ class Chunker {
     this.pos = pos - n;
     if (n) this.last = samples[n - 1];
   }
-  flush() { if (this.out.length) this.send(Int16Array.from(this.out)); this.out = []; }
+  flush() {  // the last frame padded with silence to 100 ms: AssemblyAI refuses a frame under 50 ms (AA-AUDIO-001)
+    if (this.out.length) { const last = new Int16Array(CHUNK); last.set(this.out); this.send(last); }
+    this.out = [];
+  }
 }
 
 async function speak() {
@@ -425,7 +455,10 @@ async function breakRule() {
   const problem = canSpeak();
   if (problem || !client?.breaks[rule]) { status(problem ?? "pick a rule"); return; }
   status(`breaking ${rule}: ${dialect.chart.rules[rule]?.requirement ?? ""}`);
-  await openSession({first: client.breaks[rule](), fault: ""});
+  const session = await openSession({first: client.breaks[rule](), fault: ""});
+  if (!dialect.chart.rules[rule]?.close) {  // the session goes on after a rule that does not close: end it
+    setTimeout(() => { session.ready = true; endSession(session); }, 1000);
+  }
 }
 
 // --- the controls -------------------------------------------------------------------------------------------
