@@ -292,6 +292,16 @@ async def test_a_session_watched_by_a_feed_that_never_reads_keeps_its_memory_bou
         assert feed.unread() == QUEUE and feed.dropped > 0 and len(watched.history) <= 500
 
 
+async def test_feeds_beyond_the_limit_are_refused_with_503(monkeypatch):
+    import stt.explorer
+
+    monkeypatch.setattr(stt.explorer, "MAX_FEEDS", 1)
+    async with explorer_server() as server, events(server.port):
+        status, _, body = await get(server.port, "/explore/events")
+        assert status == 503 and b"1 live feeds at once" in body
+        assert (await get(server.port, "/explore/sessions.json"))[0] == 200  # the rest of the explorer still answers
+
+
 def test_long_json_strings_are_shortened_and_short_frames_kept_as_they_are():
     frame = json.dumps({"type": "audio.append", "audio": "A" * 5000})
     assert json.loads(shorten(frame))["audio"].endswith("(5000 characters)")
