@@ -85,6 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     _add_audio_limits_options(serve)
     _add_conformance_options(serve)
     _add_client_fault_options(serve)
+    _add_explorer_options(serve)
 
     diagrams = commands.add_parser("diagrams", help="write docs/statecharts/*.md from statecharts/*.yaml")
     diagrams.add_argument("--out", type=Path, default=DEFAULT_DOCS,
@@ -305,6 +306,16 @@ def _add_client_fault_options(serve: argparse.ArgumentParser) -> None:
                             "timeout, stalls and delays are cut to --idle-timeout (and --max-session-seconds)")
 
 
+def _add_explorer_options(serve: argparse.ArgumentParser) -> None:
+    group = serve.add_argument_group(
+        "explorer", "The protocol explorer: a page at http://HOST:PORT/explore on the WebSocket port, whose start-up "
+        "line gives its URL; read-only, and it wants an API key (?key=KEY) where keys are configured. Pick a "
+        "dialect and speak, or drop a file: the page sends the vendor's own frames, and shows them, the answers, "
+        "the dialect's chart with its current state, and any live session of the server (docs/explorer.md).")
+    group.add_argument("--no-explorer", action="store_true",
+                       help="do not serve the explorer (a plain HTTP request gets the server's description, 426)")
+
+
 def _engine_options(args: argparse.Namespace) -> dict:
     if args.engine != "whisper":
         return {}
@@ -367,11 +378,16 @@ def _serve(argv: list[str] | None) -> int:
     if settings.workers > 1:
         return serve_workers(config, settings.workers, log_level=settings.log_level, log_format=settings.log_format,
                              test_modes=test_modes)
+    pages = None
+    if config.explorer:  # one process: its feed sees every session (workers would each see only their own)
+        from stt.explorer import with_explorer
+
+        test_modes, pages = with_explorer(test_modes, config.api_keys)
     from stt.engines.base import EngineError
 
     failed: list[BaseException] = []
     try:
-        trio.run(functools.partial(serve, config, test_modes=test_modes))
+        trio.run(functools.partial(serve, config, test_modes=test_modes, pages=pages))
     except* KeyboardInterrupt:  # trio may deliver it wrapped in an exception group
         logging.getLogger("stt").info("interrupted: server stopped")
     except* EngineError as group:  # the engine did not load (a missing or damaged model): one line, no traceback

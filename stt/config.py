@@ -233,6 +233,7 @@ def server_config(settings: argparse.Namespace, **fields: Any) -> ServerConfig:
         allow_client_faults=settings.allow_client_faults,
         handshakes=_handshake_limits(settings),
         max_file_buffer_bytes=settings.max_file_buffer_bytes,
+        explorer=not settings.no_explorer,
         **fields,
     )
 

@@ -98,6 +98,36 @@ class NullRecorder:
 NULL_RECORDER = NullRecorder()
 
 
+class FanOut:
+    """Several recorders as one (a logbook and the explorer's live feed): each is told everything, in order."""
+
+    def __init__(self, *recorders: SessionRecorder):
+        self.recorders = recorders
+        self.marks_early_frames = any(r.marks_early_frames for r in recorders)
+
+    def frame_in(self, frame: str | bytes, state: str, events: Iterable[object] = (), *,
+                 early: bool = False) -> None:
+        events = tuple(events)
+        for recorder in self.recorders:
+            recorder.frame_in(frame, state, events, early=early)
+
+    def frame_out(self, frame: str | bytes, state: str) -> None:
+        for recorder in self.recorders:
+            recorder.frame_out(frame, state)
+
+    def configured(self, audio: AudioFormat) -> None:
+        for recorder in self.recorders:
+            recorder.configured(audio)
+
+    def violation(self, rule: str, detail: str) -> None:
+        for recorder in self.recorders:
+            recorder.violation(rule, detail)
+
+    def closed(self, code: int, ending: str, rule: str, detail: str, state: str) -> None:
+        for recorder in self.recorders:
+            recorder.closed(code, ending, rule, detail, state)
+
+
 class Logbook:
     """Writes one session's records as they happen (`clock` gives the seconds since the connection opened) to
     `file` (anything with write and flush: a file, or open_logbook's writer thread).
@@ -246,5 +276,5 @@ async def open_logbook(directory: Path, session: str, dialect, handshake, faults
             await writer.aclose()
 
 
-__all__ = ["CONFORMANCE_HEADER", "CONFORMANCE_QUERY", "Logbook", "LogbookWriter", "NULL_RECORDER", "NullRecorder",
+__all__ = ["CONFORMANCE_HEADER", "CONFORMANCE_QUERY", "FanOut", "Logbook", "LogbookWriter", "NULL_RECORDER", "NullRecorder",
            "SessionRecorder", "open_logbook"]

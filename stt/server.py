@@ -307,9 +307,11 @@ async def reject(request: WebSocketRequest, dialect: type[Dialect], status: int,
 
 
 @asynccontextmanager
-async def open_server(config: ServerConfig, test_modes: TestModes | None = None) -> AsyncIterator[Server]:
+async def open_server(config: ServerConfig, test_modes: TestModes | None = None,
+                      pages: transport.Pages | None = None) -> AsyncIterator[Server]:
     """Load the engine, listen, and serve until the block exits, which cancels whatever still runs (`shut_down`
-    first lets the sessions finish). `server.port` is the bound port; `test_modes`, the Server's."""
+    first lets the sessions finish). `server.port` is the bound port; `test_modes`, the Server's; `pages` answer
+    plain HTTP requests on the port (the explorer, stt.explorer, which the command line gives)."""
     ssl_context = tls_context(config.certfile, config.keyfile) if config.certfile else None
     async with open_admin(config.admin_host, config.admin_port) as admin, \
             open_engine(config.engine, workers=config.decode_workers, **config.engine_options) as engine:
@@ -323,7 +325,8 @@ async def open_server(config: ServerConfig, test_modes: TestModes | None = None)
             server._accepting = trio.CancelScope()
             transport.summarise_accept_errors()
             serve_stream = functools.partial(transport.serve_stream, server.handle, config.limits.max_message_bytes,
-                                             handshakes=server.handshakes, metrics=server.metrics)
+                                             handshakes=server.handshakes, metrics=server.metrics,
+                                             pages=pages.respond if pages is not None else None)
 
             async def accept(task_status=trio.TASK_STATUS_IGNORED) -> None:
                 with server._accepting:  # trio.serve_listeners closes the listeners on its way out
@@ -336,16 +339,19 @@ async def open_server(config: ServerConfig, test_modes: TestModes | None = None)
             url = f"{'wss' if ssl_context else 'ws'}://{host}:{server.port}"
             log.info("stt listening on %s (engine %s)", url, engine.name, extra={"url": url, "engine": engine.name})
             _log_session_limit(server)
-            for message, fields in startup_lines(config, url, engine.name, server.admin_port):
+            explorer = f"{'https' if ssl_context else 'http'}://{host}:{server.port}{pages.path}" if pages else None
+            for message, fields in startup_lines(config, url, engine.name, server.admin_port, explorer):
                 log.info(message, extra=fields)
             yield server
             nursery.cancel_scope.cancel()
 
 
-def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int | None = None) -> list[tuple[str, dict]]:
+def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int | None = None,
+                  explorer: str | None = None) -> list[tuple[str, dict]]:
     """(message, extra fields) of each line of the start-up block that follows 'stt listening on URL': each
-    dialect's URL, from the routes it declares (any other paths after it), the engine, and the test modes that
-    change what clients get (stt.testmodes.startup_lines), so that no one runs one by mistake."""
+    dialect's URL, from the routes it declares (any other paths after it), the engine, the explorer's URL (where
+    the server serves it), and the test modes that change what clients get (stt.testmodes.startup_lines), so
+    that no one runs one by mistake."""
     lines = []
     for dialect in DIALECTS:
         first, *more = dialect.routes
@@ -365,6 +371,9 @@ def startup_lines(config: ServerConfig, url: str, engine: str, admin_port: int |
                       {"api_keys": len(config.api_keys)}))
     else:
         lines.append(("  API keys: none configured: every client is accepted", {"api_keys": 0}))
+    if explorer is not None:
+        keyed = " (?key=KEY: it takes an API key)" if len(config.api_keys) else ""
+        lines.append((f"  explorer: {explorer}{keyed}", {"explorer_url": explorer}))
     if admin_port is not None:
         admin = f"http://{config.admin_host}:{admin_port}"
         lines.append((f"  admin: {admin}/healthz, /readyz, /metrics", {"admin_url": admin}))
@@ -413,13 +422,14 @@ async def shut_down(server: Server, grace: float) -> None:
         log.info("shut down: every connection closed")
 
 
-async def serve(config: ServerConfig, *, supervisor=None, test_modes: TestModes | None = None) -> None:
+async def serve(config: ServerConfig, *, supervisor=None, test_modes: TestModes | None = None,
+                pages: transport.Pages | None = None) -> None:
     """Serve until SIGTERM or SIGINT, then shut down gracefully (`shut_down`, config.shutdown_grace); a second
     signal ends what is left at once. A worker of `serve_workers` also takes orders from its `supervisor` (the
     reading end of a multiprocessing Pipe): DRAIN begins a graceful shutdown, or adds nothing to one under way
     (the signal may have reached the worker too); NOW stops at once; a supervisor that is gone counts as DRAIN."""
     with trio.open_signal_receiver(*STOP_SIGNALS) as signals:  # before the listener opens: no signal is lost
-        async with open_server(config, test_modes) as server, trio.open_nursery() as nursery:
+        async with open_server(config, test_modes, pages) as server, trio.open_nursery() as nursery:
             send, stop_requests = trio.open_memory_channel(math.inf)
             nursery.start_soon(_relay_signals, signals, send)
             if supervisor is not None:

@@ -43,6 +43,7 @@ class ServerConfig:
     #: Connections may bring their own fault plan (x-stt-fault, stt_fault); implied by conformance_dir. Off: 403.
     allow_client_faults: bool = False
     handshakes: HandshakeLimits = attrs.field(factory=lambda: HandshakeLimits())  # connections not upgraded yet
+    explorer: bool = True  # serve the protocol explorer page at /explore on the WebSocket port (stt.explorer)
     max_file_buffer_bytes: int = MAX_FILE_BUFFER_BYTES  # files decoded whole (MP4), all sessions of the process together; 0: none
 
 

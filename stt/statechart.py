@@ -19,7 +19,7 @@ import importlib.resources
 import logging
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import attrs
 import yaml
@@ -188,6 +188,9 @@ class ChartMachine:
         # (state, event) -> target, from the same transitions: answering from the table keeps the hot path
         # (an audio frame in a state that loops on it) off the machine, which is asked only to move.
         self._targets = transition_map(chart)
+        #: Told of each move to another state, client and server events alike (the explorer's live feed shows
+        #: the moves no frame carries: a server event such as YourVoic's end_of_transcript).
+        self.moves: list[Callable[[Accepted], None]] = []
 
     @property
     def state(self) -> str:
@@ -208,9 +211,13 @@ class ChartMachine:
         target = self._targets.get((source, event))
         if target is None:  # what peek answers: Refused, or an error for an event the state does not know
             return verdict(self.chart, source, event, self._targets)
-        if target != source:
-            self._model.trigger(event)
-        return Accepted(source, event, target)
+        if target == source:
+            return Accepted(source, event, target)
+        self._model.trigger(event)
+        accepted = Accepted(source, event, target)
+        for told in self.moves:
+            told(accepted)
+        return accepted
 
     def advance(self, event: str) -> Accepted:
         """Apply a server event, which the server only fires when its chart allows it."""

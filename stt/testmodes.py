@@ -6,6 +6,7 @@ by whoever builds the server (the command line: stt.cli; tests: tests/helpers.py
     modes = test_modes.for_connection(handshake)  # the handshake without stt's own parameters, and what it asked
     faults = modes.fault_plan(dialect.chart)       # ClientFaultsRefused (403), FaultError (400)
     async with modes.recorder(session_id, dialect, faults) as recorder: ...   # NULL_RECORDER when not recorded
+                                                   # (nor watched: `watch`, the explorer's live feed)
     await modes.finished(session_id)               # after a recorded session: its report, where one is made
 
 `TestModes()` is no test mode at all. `TestModes.from_config(config)` follows a ServerConfig; its `report` (a
@@ -16,19 +17,24 @@ it (stt.conformance.checks.modes_with_reports), since this module, below the kit
 from __future__ import annotations
 
 import logging
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import AsyncIterator, Callable
+from typing import AsyncIterator, Callable, ContextManager
 
 import attrs
 import trio
 
 from stt.faults import FAULT_HEADER, FAULT_QUERY, FaultPlan, parse_faults, within_limits
-from stt.recording import CONFORMANCE_HEADER, CONFORMANCE_QUERY, NULL_RECORDER, SessionRecorder, open_logbook
+from stt.recording import CONFORMANCE_HEADER, CONFORMANCE_QUERY, NULL_RECORDER, FanOut, SessionRecorder, open_logbook
 
 log = logging.getLogger("stt.server")  # what the server does with its connections: its log
 
 ALLOW_CLIENT_FAULTS_FLAG = "--allow-client-faults"
+#: A connection may tag itself for whoever watches sessions (the explorer page finds its own session by it).
+WATCH_QUERY = "stt_watch"
+#: Who watches every session (the explorer's live feed): (session id, dialect, handshake, fault plan, the
+#: connection's tag or None) -> a context manager whose recorder is told what the session does while it runs.
+Watch = Callable[[str, object, object, str, "str | None"], ContextManager[SessionRecorder]]
 #: What a client that asks for a fault plan gets from a server that does not allow them: 403 and this, so that a
 #: tester learns at once why no fault came (a plan ignored in silence would make a test pass for no reason).
 CLIENT_FAULTS_OFF = (f"fault injection by clients ({FAULT_HEADER}, {FAULT_QUERY}) is off on this server: start it "
@@ -54,6 +60,7 @@ class TestModes:
     idle_timeout: float = 180.0  # the server's limits, which a connection's own plan never outlasts
     max_session_seconds: float = 0.0
     report: Callable[[Path, str], object] | None = None  # (record_in, session id): a recorded session's report
+    watch: Watch | None = None  # every session is also told to this (the explorer: stt.explorer); None: nobody
 
     @classmethod
     def from_config(cls, config, report: Callable[[Path, str], object] | None = None) -> TestModes:
@@ -71,11 +78,12 @@ class TestModes:
     def for_connection(self, handshake) -> ConnectionModes:
         """The handshake without stt's own query parameters, which no dialect knows; the connection's own fault
         plan (None: it gave none); and whether to record it (a recording server, and its opt-in)."""
-        query = {k: v for k, v in handshake.query.items() if k not in (FAULT_QUERY, CONFORMANCE_QUERY)}
+        query = {k: v for k, v in handshake.query.items() if k not in (FAULT_QUERY, CONFORMANCE_QUERY, WATCH_QUERY)}
         faults = handshake.headers.get(FAULT_HEADER, handshake.query.get(FAULT_QUERY))
         asked = (handshake.headers.get(CONFORMANCE_HEADER) or handshake.query.get(CONFORMANCE_QUERY) or "").lower()
         record = self.record_in is not None and (not self.record_opt_in or asked in ("1", "true", "yes"))
-        return ConnectionModes(self, attrs.evolve(handshake, query=query), faults, record)
+        return ConnectionModes(self, attrs.evolve(handshake, query=query), faults, record,
+                               handshake.query.get(WATCH_QUERY))
 
 
 def startup_lines(config) -> list[tuple[str, dict]]:
@@ -100,6 +108,7 @@ class ConnectionModes:
     handshake: object  # stt.dialects.base.Handshake, without stt's own query parameters
     client_plan: str | None  # the connection's own fault plan (None: it gave none)
     record: bool  # the session is recorded
+    tag: str | None = None  # the connection's WATCH_QUERY, for whoever watches
 
     def fault_plan(self, chart) -> FaultPlan:
         """The plan for a session of the dialect whose chart is `chart`: the connection's own, cut to the
@@ -117,14 +126,20 @@ class ConnectionModes:
 
     @asynccontextmanager
     async def recorder(self, session: str, dialect, faults: FaultPlan) -> AsyncIterator[SessionRecorder]:
-        """The session's recorder while the block runs: its logbook (its clock starts now), or NULL_RECORDER."""
-        if not self.record:
-            yield NULL_RECORDER
-            return
-        opened = trio.current_time()
-        async with open_logbook(self.modes.record_in, session, dialect, self.handshake, faults.text,
-                                lambda: trio.current_time() - opened) as logbook:
-            yield logbook
+        """The session's recorder while the block runs: its logbook (its clock starts now), or NULL_RECORDER;
+        with the modes' watcher beside it (FanOut) where something watches."""
+        async with AsyncExitStack() as stack:
+            recorder: SessionRecorder = NULL_RECORDER
+            if self.record:
+                opened = trio.current_time()
+                recorder = await stack.enter_async_context(open_logbook(
+                    self.modes.record_in, session, dialect, self.handshake, faults.text,
+                    lambda: trio.current_time() - opened))
+            if self.modes.watch is not None:
+                watcher = stack.enter_context(self.modes.watch(session, dialect, self.handshake, faults.text,
+                                                               self.tag))
+                recorder = watcher if recorder is NULL_RECORDER else FanOut(recorder, watcher)
+            yield recorder
 
     async def finished(self, session: str) -> None:
         """After the session: a recorded session's report, where the modes make one (in a worker thread). A report
@@ -140,5 +155,5 @@ class ConnectionModes:
                      extra={"session": session, "report": str(paths[0])})
 
 
-__all__ = ["ALLOW_CLIENT_FAULTS_FLAG", "CLIENT_FAULTS_OFF", "ClientFaultsRefused", "ConnectionModes", "TestModes",
-           "startup_lines"]
+__all__ = ["ALLOW_CLIENT_FAULTS_FLAG", "CLIENT_FAULTS_OFF", "WATCH_QUERY", "ClientFaultsRefused", "ConnectionModes",
+           "TestModes", "Watch", "startup_lines"]

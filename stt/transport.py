@@ -12,7 +12,7 @@ import socket
 import ssl
 import time
 from contextlib import contextmanager
-from typing import Callable, Iterator
+from typing import Awaitable, Callable, Iterator, Protocol
 
 import attrs
 import h11
@@ -106,11 +106,53 @@ CLOSE_TIMEOUT = 60.0
 LINGER_TIMEOUT = 2.0  # seconds to read what a client still sends after the close, before the socket closes
 
 
+@attrs.frozen
+class PlainRequest:
+    """An HTTP request that is no WebSocket upgrade (a browser's GET), for the server's pages (`PageHandler`)."""
+
+    method: str
+    target: str  # the path and query, as sent
+    headers: dict[str, str]  # names in lower case; a repeated header keeps its last value
+
+    @property
+    def path(self) -> str:
+        return self.target.split("?", 1)[0]
+
+
+#: What answers plain HTTP requests on the WebSocket port (the explorer: stt.explorer), given the request and the
+#: connection's stream, which it answers and may hold open (a Server-Sent Events feed): True if it answered,
+#: False to leave the request to the server's own answer (426 and what this server is). Never raises.
+PageHandler = Callable[[PlainRequest, trio.abc.Stream], Awaitable[bool]]
+
+
+class Pages(Protocol):
+    """Pages served over plain HTTP on the WebSocket port (stt.explorer.Explorer): where they start, and the
+    handler that answers them."""
+
+    path: str  # "/explore": what the start-up block shows
+
+    async def respond(self, request: PlainRequest, stream: trio.abc.Stream) -> bool: ...
+
+
 class _ServerWSConnection(WSConnection):
     """wsproto's server connection, which keeps for serve_stream the HTTP answer to a request that is no
-    WebSocket upgrade (`refusal`: status, body), instead of the bare 400 trio-websocket would send for it."""
+    WebSocket upgrade (`refusal`: status, body), instead of the bare 400 trio-websocket would send for it, and
+    the request itself (`plain_request`), for the server's pages."""
 
     refusal: tuple[int, str] | None = None
+    plain_request: PlainRequest | None = None
+
+    def __init__(self, connection_type: ConnectionType):
+        super().__init__(connection_type)
+        process = self.handshake._process_connection_request
+
+        def keep_request(event: h11.Request):  # wsproto's check of an upgrade request, which raises for a plain one
+            self.plain_request = PlainRequest(
+                event.method.decode("ascii", "replace"), event.target.decode("ascii", "replace"),
+                {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in event.headers})
+            return process(event)
+
+        self.handshake._process_connection_request = keep_request
 
     def receive_data(self, data: bytes | None) -> None:
         if self.connection is not None:
@@ -213,7 +255,8 @@ def _new_connection(stream: trio.abc.Stream, max_message_bytes: int) -> _ServerC
 
 
 async def serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream, *,
-                        handshakes: PendingHandshakes | None = None, metrics: Metrics | None = None) -> None:
+                        handshakes: PendingHandshakes | None = None, metrics: Metrics | None = None,
+                        pages: PageHandler | None = None) -> None:
     """One TCP (or TLS) connection: the WebSocket handshake, then `handle(request)`. What
     trio_websocket.WebSocketServer does per connection, with these differences (trio-websocket 0.12, its issue
     #184): a failure in the connection's own reader task ends this connection, not the server (wsproto refused
@@ -223,7 +266,8 @@ async def serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream, 
     closing); and the handshake is bounded (`handshakes`: its time, and how many are pending at once, in all
     and from one address): a connection over a count is answered 503, one that is too slow 408, a request that
     is no WebSocket upgrade its answer (426 and what this server is, or 400), and one that closes during the
-    handshake is let go at once. A failure of the server's own ends the connection as an internal error: an
+    handshake is let go at once. A plain HTTP request (no upgrade) goes to `pages` first, where one is given:
+    it no longer counts as a pending handshake once `pages` has it. A failure of the server's own ends the connection as an internal error: an
     HTTP 500 before the upgrade, a Close 1011 after (Server.handle's own failures: Server._failed)."""
     handshakes = handshakes if handshakes is not None else PendingHandshakes(HandshakeLimits())
     metrics = metrics if metrics is not None else Metrics()
@@ -253,9 +297,6 @@ async def serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream, 
                     answer = 408, f"no WebSocket upgrade request within {handshakes.limits.timeout:g} s\n"
                 elif request is None and connection._wsproto.refusal is not None:
                     answer = connection._wsproto.refusal
-                    log.info("connection from %s: no WebSocket upgrade: %d", address, answer[0],
-                             extra={"reason": "not_websocket", "status": answer[0]})
-                    metrics.reject("none", "not_websocket")
                 if request is not None:
                     handshake_done()  # handle() has its own limits: the sessions'
                     try:
@@ -264,6 +305,15 @@ async def serve_stream(handle, max_message_bytes: int, stream: trio.abc.Stream, 
                         with trio.move_on_after(CLOSE_TIMEOUT):  # the session has closed it, unless cancelled
                             await request._connection.aclose(1011, "internal error")  # closed already: no-op
                 nursery.cancel_scope.cancel()
+            plain = connection._wsproto.plain_request
+            if answer is not None and answer[0] == 426 and pages is not None and plain is not None:
+                handshake_done()  # the pages bound their own connections (an explorer feed stays open)
+                if await pages(plain, stream):
+                    return
+            if answer is not None and answer[0] != 408:
+                log.info("connection from %s: no WebSocket upgrade: %d", address, answer[0],
+                         extra={"reason": "not_websocket", "status": answer[0]})
+                metrics.reject("none", "not_websocket")
             if answer is not None:  # still counted as pending until the client has read it and gone (_linger)
                 await _answer(stream, *answer, linger=LINGER_TIMEOUT)
     except* LocalProtocolError as group:

@@ -198,3 +198,14 @@ def test_dialect_endings_override_the_lifecycle_ones():
     assert chart.ending("unauthorised").error == "not_authorised"
     assert chart.ending("internal_error").close == 1011
     assert chart.ending("normal").id == "LC-END-001"  # not overridden: the lifecycle's
+
+
+def test_a_machine_tells_its_listeners_each_move_to_another_state_and_not_a_loop():
+    machine = load_chart("yourvoic").machine()
+    moves = []
+    machine.moves.append(moves.append)
+    machine.fire("audio")  # streaming -> streaming: no move
+    machine.fire("close_request")
+    machine.advance("end_of_transcript")
+    assert [(m.source, m.event, m.target) for m in moves] == [("streaming", "close_request", "draining"),
+                                                               ("draining", "end_of_transcript", "finished")]
