@@ -135,7 +135,8 @@ class DeepgramDialect(DialectBase):
         super().__init__(handshake)
         self.request_id = str(uuid.uuid4())
         self.stream_config = self._configure(handshake)
-        self.engine = ""
+        self._model_info = self._model_for("")
+        self._bad_message: str | None = None  # the client's text that the next SchemaError quotes
         self._digest = hashlib.sha256()
         self._bytes = 0
         self._last_end = 0.0
@@ -301,7 +302,7 @@ class DeepgramDialect(DialectBase):
             self.machine.advance("end_of_transcript")
             return [dump(self._metadata())]
         if isinstance(item, SessionStarted):
-            self.engine = item.engine
+            self._model_info = self._model_for(item.engine)
             return []  # Deepgram announces no session
         if isinstance(item, (AudioAccepted, SessionStatus)):
             return []
@@ -318,11 +319,14 @@ class DeepgramDialect(DialectBase):
             return [dump({"type": "ConfigureFailure", "request_id": self.request_id, "code": rule.error,
                           "description": description})]
         error = {"type": "Error", "variant": rule.error, "description": description}
-        message = getattr(self, "_bad_message", None)
-        if message is not None:
-            error["message"] = message
-            self._bad_message = None
+        if self._bad_message is not None:
+            error["message"], self._bad_message = self._bad_message, None
         return [dump(error)]
+
+    def _model_for(self, engine: str) -> tuple[str, dict]:
+        """(model_uuid, model_info) of the Results and Metadata: the model asked for, served by `engine`."""
+        return (str(uuid.uuid5(uuid.NAMESPACE_URL, f"stt:{self.model}:{engine}")),
+                {"name": self.model, "version": __version__, "arch": engine or "stt"})
 
     def _channel(self, channel: int) -> list[int]:
         return [channel, self.channels]
@@ -341,9 +345,8 @@ class DeepgramDialect(DialectBase):
             "speech_final": final and not forced and self.speech_final and bool(result.words),
             "channel": {"alternatives": [{"transcript": spoken, "confidence": round(confidence, 4),
                                           "words": words}]},
-            "metadata": {"request_id": self.request_id,
-                         "model_info": {"name": self.model, "version": __version__, "arch": self.engine or "stt"},
-                         "model_uuid": str(uuid.uuid5(uuid.NAMESPACE_URL, f"stt:{self.model}:{self.engine}"))},
+            "metadata": {"request_id": self.request_id, "model_info": self._model_info[1],
+                         "model_uuid": self._model_info[0]},
             "from_finalize": forced,
         }
 
@@ -358,7 +361,7 @@ class DeepgramDialect(DialectBase):
             tokens = [(t.text, words[t.start:t.end]) for t in smart_format(texts)]
         else:
             tokens = [(w.text, (w,)) for w in words]
-        shown = punctuate([text for text, _ in tokens], final) if self.punctuate or self.smart_format else None
+        shown = punctuate([text for text, _ in tokens], final) if self._formatted() else None
         out = []
         for i, (text, covered) in enumerate(tokens):
             word = {"word": text.lower(), "start": round(covered[0].start, 3), "end": round(covered[-1].end, 3),
@@ -370,13 +373,12 @@ class DeepgramDialect(DialectBase):
 
     def _metadata(self) -> dict:
         duration = self._bytes / self.raw if self.raw else self._last_end
+        model_uuid, model_info = self._model_info
         return {"type": "Metadata", "transaction_key": "deprecated", "request_id": self.request_id,
                 "sha256": self._digest.hexdigest(),
                 "created": datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
                 "duration": round(duration, 3), "channels": self.channels,
-                "models": [str(uuid.uuid5(uuid.NAMESPACE_URL, f"stt:{self.model}:{self.engine}"))],
-                "model_info": {str(uuid.uuid5(uuid.NAMESPACE_URL, f"stt:{self.model}:{self.engine}")): {
-                    "name": self.model, "version": __version__, "arch": self.engine or "stt"}}}
+                "models": [model_uuid], "model_info": {model_uuid: model_info}}
 
 
 def _boolean(query: dict[str, str], name: str) -> bool | None:
