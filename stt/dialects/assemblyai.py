@@ -47,7 +47,7 @@ from stt.events import (
     Word,
 )
 from stt.statechart import load_chart
-from stt.text import smart_format
+from stt.text import punctuate, smart_format
 
 #: encoding query value -> (stt.audio encoding, bytes per sample).
 ENCODINGS = {"pcm_s16le": ("pcm_s16le", 2), "pcm_mulaw": ("mulaw", 1)}
@@ -66,7 +66,6 @@ SESSION_SECONDS = 3 * 3600  # the vendor's maximum session: Begin's expires_at
 MAX_DETAIL = 200  # characters of a client's frame a Violation's detail keeps
 MAX_REASON_BYTES = 120  # a close reason's room (RFC 6455: 123 bytes), as the session cuts it
 _TRUE, _FALSE = {"true", "1"}, {"false", "0"}
-_PRONOUN_I = {"i", "i'm", "i've", "i'll", "i'd"}
 
 
 @attrs.frozen
@@ -331,17 +330,10 @@ def _capitalised(tokens: list[str]) -> str:
 def _formatted(words: list[Word]) -> list[Word]:
     """The turn's words formatted: numbers as digits (stt.text.smart_format, a number's words merged into one),
     "i" as "I", the first word capitalised, a period after the last."""
-    if not words:
-        return []
-    out = []
-    for token in smart_format([w.text for w in words]):
-        covered = words[token.start:token.end]
-        text = "I" + token.text[1:] if token.text.lower() in _PRONOUN_I else token.text
-        out.append(Word(text, covered[0].start, covered[-1].end, min(w.confidence for w in covered)))
-    out[0] = attrs.evolve(out[0], text=out[0].text[:1].upper() + out[0].text[1:])
-    if not out[-1].text.endswith((".", "?", "!")):
-        out[-1] = attrs.evolve(out[-1], text=out[-1].text + ".")
-    return out
+    tokens = smart_format([w.text for w in words])
+    texts = punctuate([token.text for token in tokens], final=True)
+    return [Word(text, words[token.start].start, words[token.end - 1].end,
+                 min(w.confidence for w in words[token.start:token.end])) for token, text in zip(tokens, texts)]
 
 
 def _shown(value: Any) -> str:

@@ -77,7 +77,7 @@ from stt.events import (
     Word,
 )
 from stt.statechart import load_chart
-from stt.text import smart_format
+from stt.text import punctuate, smart_format
 
 def asr_version(engine: str) -> str:
     """The transcript's "asr": stt's version and the engine that served the session."""
@@ -95,7 +95,6 @@ SAMPLE_RATES = (8000, 48000)
 DEFAULT_SCRUBCONF = ({"regex": r"\d", "repl": "#"},)
 MAX_SCRUBAUDIO_BYTES = 64 << 20  # scrubaudio keeps the audio to return it redacted: at most this much
 _TRUE, _FALSE = {"true", "1", "yes"}, {"false", "0", "no"}
-_PRONOUN_I = {"i", "i'm", "i've", "i'll", "i'd"}
 
 #: tag -> (kind, default, (low, high)) for the tags this server honours; ms and s are whole numbers.
 TAGS: dict[str, tuple[str, Any, tuple[int, int] | None]] = {
@@ -327,11 +326,8 @@ class VBlazeDialect(DialectBase):
         out = list(words)
         if self.numtrans:
             out = [_merge(words[t.start:t.end], t.text) for t in smart_format([w.text for w in words])]
-        if self.punctuate and out:
-            out = [_with(w, "I" + w.text[1:]) if w.text.lower() in _PRONOUN_I else w for w in out]
-            out[0] = _with(out[0], out[0].text[:1].upper() + out[0].text[1:])
-            if not out[-1].text.endswith((".", "?", "!")):
-                out[-1] = _with(out[-1], out[-1].text + ".")
+        if self.punctuate:
+            out = [_with(w, text) for w, text in zip(out, punctuate([w.text for w in out], final=True))]
         if self.scrubtext:
             out = [_with(w, _scrub(w.text, self.scrub_rules)) for w in out]
         return out
