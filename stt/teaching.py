@@ -45,6 +45,7 @@ import trio
 from trio_websocket import ConnectionClosed, open_websocket_url
 
 from stt.conformance.catalogue import cases, chart_of, runnable
+from stt.conformance.logbook import payload, read_logbook
 from stt.conformance.profiles import CLOSE, PROFILES, Frame, Profile
 from stt.dialects import dialect_named
 from stt.dialects.base import render_shutting_down
@@ -273,12 +274,6 @@ def answered(frame: Frame) -> dict:
     return {"type": message_type(frame), **shown(frame)}
 
 
-def _record_frame(record: dict) -> Frame:
-    if record["type"] == "binary":
-        return base64.b64decode(record["base64"])
-    return record["text"]
-
-
 def exchange(logbook: list[dict], sent: list[str], audio_event: str, closed_by: str = "server") -> dict:
     """The session of an example file from its logbook and the chart events of the client's frames."""
     frames: list[dict] = []
@@ -288,7 +283,7 @@ def exchange(logbook: list[dict], sent: list[str], audio_event: str, closed_by: 
         if record["kind"] == "open":
             handshake = {"path": record["path"], "query": record["query"]}
         elif record["kind"] in ("in", "out"):
-            frame = _record_frame(record)
+            frame = payload(record)
             entry = {"t": round(record["t"], 3), "from": "client" if record["kind"] == "in" else "server"}
             if record["kind"] == "in":
                 entry["event"] = next(events, "?")
@@ -464,10 +459,6 @@ def messages(name: str, session: dict) -> dict[str, dict]:
 # --- recording -------------------------------------------------------------------------------------------------
 
 
-def _read_logbook(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-
-
 async def record_sessions(names: list[str], engine: str = "sphinx", pace: float = 1.0,
                           engine_options: dict | None = None) -> dict[str, dict]:
     """name -> the recorded typical session (exchange), one connection each to an in-process server."""
@@ -493,7 +484,7 @@ async def record_sessions(names: list[str], engine: str = "sphinx", pace: float 
                         await trio.sleep(0.01)
                     session = next(iter(new)).stem
                     await done.setdefault(session, trio.Event()).wait()
-                out[name] = exchange(_read_logbook(directory / f"{session}.jsonl"), sent, TYPICAL[name].audio,
+                out[name] = exchange(read_logbook(directory / f"{session}.jsonl"), sent, TYPICAL[name].audio,
                                      "client" if TYPICAL[name].until is not None else "server")
     return out
 
