@@ -180,7 +180,8 @@ SPEECHMATICS = Profile(
 # --- VoiceRun -----------------------------------------------------------------------------------------------
 
 
-def _vr_problem(frame: Frame) -> str | None:
+def _error_code(frame: Frame) -> str | None:
+    """The error.code of {"type":"error","error":{"code",...}}: VoiceRun's error event, and OpenAI's."""
     msg = _json(frame)
     if isinstance(msg, dict) and msg.get("type") == "error":
         error = msg.get("error")
@@ -206,7 +207,7 @@ VOICERUN = Profile(
         "session.updated": ServerEvent(_field("type", "session.updated"), _started),
         "session.closed": ServerEvent(_field("type", "session.closed"), _ended),
     },
-    problem=_vr_problem,
+    problem=_error_code,
     answer=lambda rule: rule.error,
     greeting=_field("type", "session.created"),
     transient={"updating": "updated", "closing": "finished"},
@@ -382,15 +383,6 @@ ASSEMBLYAI = Profile(
 OPENAI_AUDIO_100MS: bytes = np.random.default_rng(0).integers(-8, 9, 2400).astype("<i2").tobytes()
 
 
-def _oa_problem(frame: Frame) -> str | None:
-    msg = _json(frame)
-    if isinstance(msg, dict) and msg.get("type") == "error":
-        error = msg.get("error")
-        code = error.get("code") if isinstance(error, dict) else None
-        return code if isinstance(code, str) else "an error without error.code"
-    return None
-
-
 OPENAI = Profile(
     dialect="openai",
     path="/v1/realtime",
@@ -409,7 +401,7 @@ OPENAI = Profile(
         "input_audio_buffer.clear": _text({"type": "input_audio_buffer.clear"}),
     },
     server={},  # the server moves the chart by no event of its own: the client alone moves it, and closes
-    problem=_oa_problem,
+    problem=_error_code,
     answer=lambda rule: rule.error,
     greeting=_field("type", "session.created"),
 )
